@@ -1,0 +1,302 @@
+"""Every layout conversion in one place: official (InternVLChatModel) ↔ ours ↔ native.
+
+Our parameter names are the official ones, so official ↔ ours is the identity except inside
+an InternLM2 LLM (converted to Llama). Native is transformers' InternVLForConditionalGeneration.
+Conversions stream: they take and yield (key, tensor) pairs, one layer's worth at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from tilevl.checkpoint.internlm2 import (
+    convert_internlm2_key,
+    internlm2_config_to_llama,
+    is_internlm2,
+    llama_state_dict_to_internlm2,
+)
+from tilevl.config import ModelConfig, VisionConfig
+from tilevl.errors import CheckpointError
+
+OFFICIAL = "official"
+NATIVE = "native"
+_NATIVE_ARCH = "InternVLForConditionalGeneration"
+_CAUSAL_LM = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+
+Pairs = Iterable[tuple[str, torch.Tensor]]
+
+
+def detect_layout(config: dict, where: str = "config.json") -> str:
+    """'official' or 'native', from `architectures` / `model_type` (never from a name)."""
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    if "InternVLChatModel" in archs or model_type == "internvl_chat":
+        return OFFICIAL
+    if _NATIVE_ARCH in archs or model_type == "internvl":
+        return NATIVE
+    raise CheckpointError(
+        f"{where}: unknown architectures {archs} / model_type {model_type!r}; expected "
+        "InternVLChatModel (official layout) or InternVLForConditionalGeneration (transformers)"
+    )
+
+
+# ---- official ↔ ours ---------------------------------------------------------------------------
+def official_to_ours(pairs: Pairs, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """Official checkpoint keys → our parameter names (InternLM2 LLM keys become Llama's)."""
+    internlm2 = is_internlm2(config.llm)
+    for key, tensor in pairs:
+        if internlm2 and key.startswith("language_model."):
+            for sub, value in convert_internlm2_key(key[len("language_model."):], tensor, config.llm):
+                yield "language_model." + sub, value
+        else:
+            yield key, tensor
+
+
+def ours_to_official(pairs: Pairs, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our parameter names → official keys; an InternLM2 LLM is packed back layer by layer."""
+    if not is_internlm2(config.llm):
+        yield from pairs
+        return
+    for group in _group_llm_layers(pairs):
+        if group[0][0].startswith("language_model."):
+            sub = {k[len("language_model."):]: t for k, t in group}
+            for key, value in llama_state_dict_to_internlm2(sub, config.llm).items():
+                yield "language_model." + key, value
+        else:
+            yield from group
+
+
+_LAYER = re.compile(r"^language_model\.model\.layers\.(\d+)\.")
+
+
+def _group_llm_layers(pairs: Pairs) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group consecutive LLM keys by decoder layer; every other key is its own group."""
+    group: list[tuple[str, torch.Tensor]] = []
+    group_id = None
+    for key, tensor in pairs:
+        match = _LAYER.match(key)
+        layer = match.group(1) if match else None
+        if group and (layer is None or layer != group_id):
+            yield group
+            group = []
+        group.append((key, tensor))
+        group_id = layer
+        if layer is None:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+# ---- native ↔ ours -----------------------------------------------------------------------------
+# Inside one vision layer: our suffix → transformers' suffix (qkv is split/joined separately).
+_VISION_LAYER = {
+    "attn.proj": "attention.projection_layer",
+    "attn.q_norm": "attention.q_norm",
+    "attn.k_norm": "attention.k_norm",
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "ls1": "lambda_1",
+    "ls2": "lambda_2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_VISION_EMBED = {
+    "class_embedding": "cls_token",
+    "patch_embedding": "patch_embeddings.projection",
+    "position_embedding": "position_embeddings",
+}
+_PROJECTOR = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
+
+
+def _swap(name: str, table: dict[str, str]) -> str | None:
+    """Replace the longest key of `table` that prefixes `name` (up to a dot or the end)."""
+    for src, dst in sorted(table.items(), key=lambda kv: -len(kv[0])):
+        if name == src or name.startswith(src + "."):
+            return dst + name[len(src):]
+    return None
+
+
+def ours_to_native(pairs: Pairs) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our names → the keys transformers 5 writes for InternVLForConditionalGeneration."""
+    for key, tensor in pairs:
+        if key.startswith("vision_model.encoder.layers."):
+            idx, rest = key[len("vision_model.encoder.layers."):].split(".", 1)
+            head = f"vision_tower.encoder.layer.{idx}."
+            if rest.startswith("attn.qkv."):
+                kind = rest.rsplit(".", 1)[1]  # weight | bias
+                for name, part in zip("qkv", tensor.chunk(3, dim=0)):
+                    yield f"{head}attention.{name}_proj.{kind}", part
+                continue
+            new = _swap(rest, _VISION_LAYER)
+            if new is None:
+                raise CheckpointError(f"no native name for vision key {key}")
+            yield head + new, tensor
+        elif key.startswith("vision_model.embeddings."):
+            new = _swap(key[len("vision_model.embeddings."):], _VISION_EMBED)
+            if new is None:
+                raise CheckpointError(f"no native name for vision key {key}")
+            yield "vision_tower.embeddings." + new, tensor
+        elif key.startswith("mlp1."):
+            idx, rest = key[len("mlp1."):].split(".", 1)
+            yield f"multi_modal_projector.{_PROJECTOR[idx]}.{rest}", tensor
+        elif key.startswith("language_model."):
+            yield key, tensor
+        else:
+            raise CheckpointError(f"no native name for key {key}")
+
+
+def _normalise_native_key(key: str) -> str:
+    """Both native spellings (`model.language_model.*` / `language_model.model.*`) → the latter."""
+    if key.startswith("model.language_model."):
+        return "language_model.model." + key[len("model.language_model."):]
+    if key.startswith("lm_head."):
+        return "language_model." + key
+    if key.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
+        return key[len("model."):]
+    return key
+
+
+def native_to_ours(pairs: Pairs, where: str = "checkpoint") -> Iterator[tuple[str, torch.Tensor]]:
+    """transformers' native keys → our names; q/k/v are joined once all three are read."""
+    inverse_layer = {v: k for k, v in _VISION_LAYER.items()}
+    inverse_embed = {v: k for k, v in _VISION_EMBED.items()}
+    inverse_proj = {v: k for k, v in _PROJECTOR.items()}
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for raw, tensor in pairs:
+        key = _normalise_native_key(raw)
+        if key.startswith("vision_tower.encoder.layer."):
+            idx, rest = key[len("vision_tower.encoder.layer."):].split(".", 1)
+            head = f"vision_model.encoder.layers.{idx}."
+            match = re.fullmatch(r"attention\.([qkv])_proj\.(weight|bias)", rest)
+            if match:
+                slot = pending.setdefault(f"{head}attn.qkv.{match.group(2)}", {})
+                slot[match.group(1)] = tensor
+                if len(slot) == 3:
+                    yield f"{head}attn.qkv.{match.group(2)}", torch.cat([slot[c] for c in "qkv"], dim=0)
+                    del pending[f"{head}attn.qkv.{match.group(2)}"]
+                continue
+            new = _swap(rest, inverse_layer)
+        elif key.startswith("vision_tower.embeddings."):
+            head = "vision_model.embeddings."
+            new = _swap(key[len(head.replace("vision_model", "vision_tower")):], inverse_embed)
+        elif key.startswith("multi_modal_projector."):
+            name, rest = key[len("multi_modal_projector."):].split(".", 1)
+            head, new = "mlp1.", (f"{inverse_proj[name]}.{rest}" if name in inverse_proj else None)
+        elif key.startswith("language_model."):
+            head, new = "", key
+        else:
+            head, new = "", None
+        if new is None:
+            raise CheckpointError(f"{where}: unexpected key {raw!r} for InternVLForConditionalGeneration")
+        yield head + new, tensor
+    if pending:
+        raise CheckpointError(f"{where}: incomplete q/k/v projections for {sorted(pending)[:3]}")
+
+
+def native_config_to_ours(native: dict, preprocessor: dict | None = None) -> ModelConfig:
+    """transformers' InternVLConfig dict (+ its preprocessor_config.json) → ModelConfig."""
+    from transformers import InternVLConfig
+
+    try:
+        cfg = InternVLConfig(**copy.deepcopy(native))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"config.json: not a valid InternVLConfig ({exc})") from None
+    vc = cfg.vision_config
+    vision = VisionConfig(
+        hidden_size=vc.hidden_size,
+        num_hidden_layers=vc.num_hidden_layers,
+        num_attention_heads=vc.num_attention_heads,
+        intermediate_size=vc.intermediate_size,
+        image_size=vc.image_size,
+        patch_size=vc.patch_size,
+        num_channels=vc.num_channels,
+        qkv_bias=vc.attention_bias,
+        qk_normalization=vc.use_qk_norm,
+        norm_type=vc.norm_type,
+        layer_norm_eps=vc.layer_norm_eps,
+        initializer_factor=vc.layer_scale_init_value,
+        hidden_act=vc.hidden_act,
+    )
+    llm = cfg.text_config.to_dict()
+    llm["architectures"] = [_CAUSAL_LM.get(llm["model_type"], "AutoModelForCausalLM")]
+    # transformers ties the LM head by the top-level flag, whatever the text config says.
+    llm["tie_word_embeddings"] = bool(native.get("tie_word_embeddings", True))
+    pre = preprocessor or {}
+    return ModelConfig(
+        vision=vision,
+        llm=llm,
+        template=native.get("template"),
+        select_layer=int(cfg.vision_feature_layer),
+        downsample_ratio=float(cfg.downsample_ratio),
+        ps_version="v2",
+        dynamic_image_size=bool(pre.get("crop_to_patches", True)),
+        min_dynamic_patch=int(pre.get("min_patches", 1)),
+        max_dynamic_patch=int(pre.get("max_patches", 12)),
+        img_context_token_id=int(cfg.image_token_id),
+    )
+
+
+def ours_config_to_native(config: ModelConfig) -> dict:
+    """ModelConfig → the config.json of transformers' InternVLForConditionalGeneration."""
+    from transformers import InternVLConfig
+
+    from tilevl.model.llm import build_llm_config
+
+    if config.ps_version != "v2":
+        raise CheckpointError(
+            "transformers' InternVL implements pixel shuffle v2 only; a ps_version v1 model "
+            "(InternVL-Chat-V1-2) cannot be exported to the native layout"
+        )
+    if config.img_context_token_id is None:
+        raise CheckpointError("the native layout needs image_token_id: set img_context_token_id")
+    text = build_llm_config(config.llm).to_dict()
+    tie = bool(text.get("tie_word_embeddings", False))
+    v = config.vision
+    vision = {
+        "hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
+        "num_attention_heads": v.num_attention_heads, "intermediate_size": v.intermediate_size,
+        "image_size": [config.image_size, config.image_size], "patch_size": [v.patch_size, v.patch_size],
+        "num_channels": v.num_channels, "attention_bias": v.qkv_bias, "use_qk_norm": v.qk_normalization,
+        "norm_type": v.norm_type, "layer_norm_eps": v.layer_norm_eps,
+        "layer_scale_init_value": v.initializer_factor, "hidden_act": v.hidden_act,
+        "model_type": "internvl_vision",
+    }
+    native = InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=config.img_context_token_id,
+        image_seq_length=config.num_image_token,
+        downsample_ratio=config.downsample_ratio,
+        vision_feature_layer=config.select_layer,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=tie,
+    ).to_dict()
+    native["architectures"] = [_NATIVE_ARCH]
+    if config.template:
+        native["template"] = config.template  # ignored by transformers, kept for us
+    return native
+
+
+def native_preprocessor_config(config: ModelConfig) -> dict:
+    """The preprocessing settings in the keys transformers' GotOcr2 image processor reads."""
+    return {
+        "image_processor_type": "GotOcr2ImageProcessorFast",
+        "crop_to_patches": config.dynamic_image_size,
+        "min_patches": config.min_dynamic_patch,
+        "max_patches": config.max_dynamic_patch,
+        "size": {"height": config.image_size, "width": config.image_size},
+        "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+        "do_convert_rgb": True,
+    }
+
+
+def official_config_to_llama_llm(config: ModelConfig) -> dict:
+    """The LLM config as transformers builds it (InternLM2 → Llama); others unchanged."""
+    return internlm2_config_to_llama(config.llm) if is_internlm2(config.llm) else dict(config.llm)
