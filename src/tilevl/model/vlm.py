@@ -159,15 +159,22 @@ class VisionLanguageModel(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute activations in the backward pass, in both towers."""
         self.vision_model.encoder.gradient_checkpointing = True
-        self.language_model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}
-        )
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        llm = self.language_model
+        if hasattr(llm, "activation_checkpointing_enable"):  # transformers ≥ 5 renamed it
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         # Frozen embeddings would otherwise cut the graph before the first checkpointed layer.
         self.language_model.enable_input_require_grads()
 
     def gradient_checkpointing_disable(self) -> None:
         self.vision_model.encoder.gradient_checkpointing = False
-        self.language_model.gradient_checkpointing_disable()
+        llm = self.language_model
+        if hasattr(llm, "activation_checkpointing_disable"):
+            llm.activation_checkpointing_disable()
+        else:
+            llm.gradient_checkpointing_disable()
 
     def init_weights(self, std: float = 0.02) -> None:
         """Random weights for a model built from a preset (the LLM is initialised by transformers)."""
