@@ -1,0 +1,577 @@
+"""Named presets of the published InternVL checkpoints, each as its official config.json dict.
+Also counts, in pure Python, the parameters of the model a config describes (no torch here).
+
+Every preset keeps the keys that shape the network or the input pipeline, spelled exactly as
+the checkpoint's ``config.json`` spells them (``InternVLChatConfig`` layout: top level,
+``vision_config`` for InternViT, ``llm_config`` for the LLM's own config).  Keys that only
+matter to the original training code (``use_backbone_lora``, dropout rates, ``auto_map`` …)
+are left out.  Next to each preset a comment names where its numbers come from:
+
+* "verified": the field values were read from a copy of that checkpoint's config.json found
+  in public material (the copy is named).
+* "per published base": the InternVL file was not reachable; the LLM block is the base LLM's
+  published config.json with InternVL's usual changes (vocab grown by the 9 InternVL special
+  tokens ``<img> </img> <IMG_CONTEXT> <quad> </quad> <ref> </ref> <box> </box>``, untied head),
+  and the vision block is the named InternViT's config.  PUBLISHED_PARAMS is the cross-check:
+  a wrong layer count or width would miss the published size by far more than 1 %.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from tilevl.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks.  Each returns a fresh dict so presets never share nested objects.
+# ---------------------------------------------------------------------------------------------
+
+# The InternVL special tokens appended to every LLM tokenizer (see the Qwen2.5 tokenizer dump
+# in the InternVL3-1B notebook: ids 151665..151673 are <img> … </box>).
+_INTERNVL_EXTRA_TOKENS = 9
+
+
+def _vit_300m(**overrides) -> dict:
+    """InternViT-300M-448px (also -V2_5): 24 layers, width 1024, LayerNorm, qkv bias.
+
+    Verified against the vision_config of OpenGVLab/InternVL2-1B/config.json (copy in
+    github.com/tothelast/simlingo_qcar2_integration pretrained/InternVL2-1B/config.json) and
+    the InternVL2-8B config.json copy in the valora model_config module.
+    """
+    cfg = {
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_channels": 3,
+        "image_size": 448,
+        "patch_size": 14,
+        "qkv_bias": True,
+        "qk_normalization": False,
+        "norm_type": "layer_norm",
+        "layer_norm_eps": 1e-06,
+        "hidden_act": "gelu",
+        "initializer_factor": 1.0,
+        "initializer_range": 0.02,
+        "drop_path_rate": 0.0,
+        "use_flash_attn": True,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _vit_6b(**overrides) -> dict:
+    """InternViT-6B-448px-V1-2/V1-5/V2_5 as used in the chat models: the 48-layer encoder with
+    its last 3 layers dropped (45 layers), width 3200, 25 heads, RMSNorm, qk-norm, no qkv bias.
+
+    Verified against the vision_config of OpenGVLab/InternVL2-26B/config.json (copy in the
+    valora model_config module); V1-2/V1-5 use the same shape (InternVL 1.5 report, Table 1).
+    """
+    cfg = {
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "hidden_size": 3200,
+        "intermediate_size": 12800,
+        "num_hidden_layers": 45,
+        "num_attention_heads": 25,
+        "num_channels": 3,
+        "image_size": 448,
+        "patch_size": 14,
+        "qkv_bias": False,
+        "qk_normalization": True,
+        "norm_type": "rms_norm",
+        "layer_norm_eps": 1e-06,
+        "hidden_act": "gelu",
+        "initializer_factor": 0.1,
+        "initializer_range": 1e-10,
+        "drop_path_rate": 0.0,
+        "use_flash_attn": True,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def _internlm2(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
+               kv_heads: int, rope_factor: float, rope_theta=1000000,
+               vocab: int = 92544 + _INTERNVL_EXTRA_TOKENS) -> dict:
+    """An InternLM2/2.5 llm_config (InternLM2ForCausalLM, fused wqkv, no bias, untied head)."""
+    return {
+        "_name_or_path": name_or_path,
+        "architectures": ["InternLM2ForCausalLM"],
+        "model_type": "internlm2",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": rope_theta,
+        "rope_scaling": {"factor": rope_factor, "type": "dynamic"},
+        "bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+    }
+
+
+def _qwen2(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
+           kv_heads: int, vocab: int, rope_scaling=None, max_window_layers: int | None = None,
+           eos: int = 151645) -> dict:
+    """A Qwen2/Qwen2.5 llm_config (q/k/v carry a bias; InternVL unties the head)."""
+    cfg = {
+        "_name_or_path": name_or_path,
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+        "sliding_window": 32768,
+        "max_window_layers": layers if max_window_layers is None else max_window_layers,
+        "bos_token_id": 151643,
+        "eos_token_id": eos,
+    }
+    if rope_scaling is not None:
+        cfg["rope_scaling"] = rope_scaling
+    return cfg
+
+
+def _yi34b_hermes(vocab: int = 64000) -> dict:
+    """NousResearch/Nous-Hermes-2-Yi-34B llm_config (LlamaForCausalLM, GQA 56/8).
+
+    Verified: hidden 7168, inter 20480, 60 layers, 56/8 heads, rope_theta 5e6, eps 1e-5,
+    vocab 64000 from NousResearch/Nous-Hermes-2-Yi-34B/config.json (copies on the HF hub, e.g.
+    neuralmagic/Nous-Hermes-2-Yi-34B-pruned50); eos 7 and the LlamaForCausalLM / 4096-position
+    fields from the head of OpenGVLab/InternVL-Chat-V1-2/config.json.  Yi's tokenizer already
+    holds <|im_start|>/<|im_end|>; whether InternVL grew the embedding for its own tokens could
+    not be read (the tail of that file was not reachable), so vocab stays 64000 (±9 rows is
+    0.002 % of the count).
+    """
+    return {
+        "_name_or_path": "NousResearch/Nous-Hermes-2-Yi-34B",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 7168,
+        "intermediate_size": 20480,
+        "num_hidden_layers": 60,
+        "num_attention_heads": 56,
+        "num_key_value_heads": 8,
+        "vocab_size": vocab,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 5000000.0,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 7,
+        "pad_token_id": 0,
+    }
+
+
+# Phi-3-mini-128k-instruct as first released (April 2024), which Mini-InternVL-Chat-4B-V1-5
+# (May 2024) and InternVL2-4B (July 2024) were built on: LongRoPE ("su") with 48 long and 48
+# short factors (head_dim 96 / 2).  Verified against two independent copies of that file's
+# rope_scaling: diffusers tests/pipelines/omnigen (Phi-3-vision-128k transformer_config) and
+# mlx-vlm tests (phi3_v).  The June 2024 refresh of Phi-3-mini-128k has different factors
+# (long_factor starting 1.07…) and type "longrope"; transformers treats "su" as "longrope".
+_PHI3_128K_LONG_FACTOR = [
+    1.0299999713897705, 1.0499999523162842, 1.0499999523162842, 1.0799999237060547,
+    1.2299998998641968, 1.2299998998641968, 1.2999999523162842, 1.4499999284744263,
+    1.5999999046325684, 1.6499998569488525, 1.8999998569488525, 2.859999895095825,
+    3.68999981880188, 5.419999599456787, 5.489999771118164, 5.489999771118164,
+    9.09000015258789, 11.579999923706055, 15.65999984741211, 15.769999504089355,
+    15.789999961853027, 18.360000610351562, 21.989999771118164, 23.079999923706055,
+    30.009998321533203, 32.35000228881836, 32.590003967285156, 35.56000518798828,
+    39.95000457763672, 53.840003967285156, 56.20000457763672, 57.95000457763672,
+    59.29000473022461, 59.77000427246094, 59.920005798339844, 61.190006256103516,
+    61.96000671386719, 62.50000762939453, 63.3700065612793, 63.48000717163086,
+    63.48000717163086, 63.66000747680664, 63.850006103515625, 64.08000946044922,
+    64.760009765625, 64.80001068115234, 64.81001281738281, 64.81001281738281,
+]
+_PHI3_128K_SHORT_FACTOR = [
+    1.05, 1.05, 1.05, 1.1, 1.1, 1.1, 1.2500000000000002, 1.2500000000000002,
+    1.4000000000000004, 1.4500000000000004, 1.5500000000000005, 1.8500000000000008,
+    1.9000000000000008, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
+    2.1000000000000005, 2.1000000000000005, 2.2, 2.3499999999999996,
+    2.3499999999999996, 2.3499999999999996, 2.3499999999999996, 2.3999999999999995,
+    2.3999999999999995, 2.6499999999999986, 2.6999999999999984, 2.8999999999999977,
+    2.9499999999999975, 3.049999999999997, 3.049999999999997, 3.049999999999997,
+]
+
+
+def _phi3_mini_128k() -> dict:
+    """microsoft/Phi-3-mini-128k-instruct llm_config (Phi3ForCausalLM: fused qkv_proj and
+    gate_up_proj, MHA 32/32, no bias).  Shape verified against the HF config.json head
+    (hidden 3072, inter 8192, 32 layers, 32/32 heads, 131072 positions, original 4096,
+    eps 1e-5).  vocab 32020 = Phi-3's 32011 tokens + InternVL's 9 (Phi-3 pads its own head
+    to 32064; InternVL resizes to the tokenizer) — per published base, not read from the
+    InternVL file."""
+    return {
+        "_name_or_path": "microsoft/Phi-3-mini-128k-instruct",
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32020,
+        "hidden_act": "silu",
+        "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0,
+        "rope_scaling": {
+            "long_factor": list(_PHI3_128K_LONG_FACTOR),
+            "short_factor": list(_PHI3_128K_SHORT_FACTOR),
+            "type": "su",
+        },
+        "sliding_window": 262144,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 32000,
+        "pad_token_id": 32000,
+    }
+
+
+def _chat(vision: dict, llm: dict, *, template: str, ps_version: str = "v2",
+          dynamic: bool = True, max_patch: int = 12, thumbnail: bool | None = None,
+          force_image_size: int | None = None, downsample_ratio: float = 0.5) -> dict:
+    """The InternVLChatConfig top level around a vision and an llm block."""
+    return {
+        "architectures": ["InternVLChatModel"],
+        "model_type": "internvl_chat",
+        "template": template,
+        "select_layer": -1,
+        "force_image_size": vision["image_size"] if force_image_size is None else force_image_size,
+        "downsample_ratio": downsample_ratio,
+        "ps_version": ps_version,
+        "dynamic_image_size": dynamic,
+        "use_thumbnail": dynamic if thumbnail is None else thumbnail,
+        "min_dynamic_patch": 1,
+        "max_dynamic_patch": max_patch,
+        "vision_config": vision,
+        "llm_config": llm,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The presets.
+# ---------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict] = {
+    # OpenGVLab/InternVL-Chat-V1-2: InternViT-6B-448px-V1-2 + Nous-Hermes-2-Yi-34B.
+    # Verified from the head of its config.json (HF blame page @86fa89e): downsample_ratio 0.5,
+    # "dynamic_image_size": false, force_image_size 448, LlamaForCausalLM 7168/20480, 4096 pos.
+    # ps_version "v1" and template "Hermes-2" per the model card / InternVL repo (V1-2 predates
+    # pixel-shuffle v2 and tiling); use_thumbnail/max_dynamic_patch are the InternVLChatConfig
+    # defaults (False / 6) since dynamic tiling is off.
+    "internvl-chat-v1-2": _chat(_vit_6b(), _yi34b_hermes(), template="Hermes-2",
+                                ps_version="v1", dynamic=False, max_patch=6),
+    # OpenGVLab/InternVL-Chat-V1-2-Plus: same architecture as V1-2, more SFT data (model card).
+    "internvl-chat-v1-2-plus": _chat(_vit_6b(), _yi34b_hermes(), template="Hermes-2",
+                                     ps_version="v1", dynamic=False, max_patch=6),
+    # OpenGVLab/InternVL-Chat-V1-5: InternViT-6B-448px-V1-5 + internlm2-chat-20b; dynamic
+    # tiling up to 12 tiles + thumbnail, pixel shuffle v2 (InternVL 1.5 report, model card;
+    # the head of the Int8 copy wyseow/InternVL-Chat-V1-5-Int8-OL confirms dynamic/448/0.5).
+    # LLM shape as internlm2-chat-20b (verified in the InternVL2-26B config.json copy);
+    # rope_scaling factor 2.0 for V1-5 as the brief and the V1-5 file recall say (InternVL2-26B,
+    # same base LLM, carries 3.0) — not read from the V1-5 file.
+    "internvl-chat-v1-5": _chat(
+        _vit_6b(),
+        _internlm2("internlm/internlm2-chat-20b", hidden=6144, inter=16384, layers=48,
+                   heads=48, kv_heads=8, rope_factor=2.0),
+        template="internlm2-chat"),
+    # OpenGVLab/Mini-InternVL-Chat-2B-V1-5: InternViT-300M-448px + internlm2-chat-1_8b.
+    # LLM shape: internlm2-chat-1_8b (2048/8192, 24 layers, 16/8 heads, rope 1e6 dynamic 2.0 —
+    # from the bert4torch internlm2-chat-1_8b config and the Triton-InternVL2-2B config head).
+    "mini-internvl-chat-2b-v1-5": _chat(
+        _vit_300m(),
+        _internlm2("internlm/internlm2-chat-1_8b", hidden=2048, inter=8192, layers=24,
+                   heads=16, kv_heads=8, rope_factor=2.0),
+        template="internlm2-chat"),
+    # OpenGVLab/Mini-InternVL-Chat-4B-V1-5: InternViT-300M-448px + Phi-3-mini-128k-instruct.
+    "mini-internvl-chat-4b-v1-5": _chat(_vit_300m(), _phi3_mini_128k(), template="phi3-chat"),
+    # OpenGVLab/InternVL2-1B: verified field by field against its config.json (copy in
+    # github.com/tothelast/simlingo_qcar2_integration pretrained/InternVL2-1B/config.json):
+    # Qwen2-0.5B-Instruct 896/4864, 24 layers, 14/2 heads, vocab 151655, untied, template
+    # "Hermes-2", ps v2, dynamic 1..12 + thumbnail.
+    "internvl2-1b": _chat(
+        _vit_300m(),
+        _qwen2("Qwen/Qwen2-0.5B-Instruct", hidden=896, inter=4864, layers=24, heads=14,
+               kv_heads=2, vocab=151655),
+        template="Hermes-2"),
+    # OpenGVLab/InternVL2-2B: InternViT-300M-448px + internlm2-chat-1_8b (model card); llm
+    # block head verified in radna/Triton-InternVL2-2B/config.json (a re-upload of InternVL2-2B).
+    "internvl2-2b": _chat(
+        _vit_300m(),
+        _internlm2("internlm/internlm2-chat-1_8b", hidden=2048, inter=8192, layers=24,
+                   heads=16, kv_heads=8, rope_factor=2.0),
+        template="internlm2-chat"),
+    # OpenGVLab/InternVL2-4B: InternViT-300M-448px + Phi-3-mini-128k-instruct (model card).
+    "internvl2-4b": _chat(_vit_300m(), _phi3_mini_128k(), template="phi3-chat"),
+    # OpenGVLab/InternVL2-8B: verified against a full copy of its config.json (valora
+    # model_config.py): internlm2_5-7b-chat 4096/14336, 32 layers, 32/8 heads, vocab 92553,
+    # rope 1e6 dynamic 2.0; InternViT-300M; template internlm2-chat; dynamic 1..12.
+    "internvl2-8b": _chat(
+        _vit_300m(),
+        _internlm2("internlm/internlm2_5-7b-chat", hidden=4096, inter=14336, layers=32,
+                   heads=32, kv_heads=8, rope_factor=2.0),
+        template="internlm2-chat"),
+    # OpenGVLab/InternVL2-26B: verified against a full copy of its config.json (valora
+    # model_config.py): InternViT-6B-448px-V1-5 (45 layers) + internlm2-chat-20b with
+    # dynamic rope factor 3.0.
+    "internvl2-26b": _chat(
+        _vit_6b(),
+        _internlm2("internlm/internlm2-chat-20b", hidden=6144, inter=16384, layers=48,
+                   heads=48, kv_heads=8, rope_factor=3.0),
+        template="internlm2-chat"),
+    # OpenGVLab/InternVL2-40B: InternViT-6B-448px-V1-5 + Nous-Hermes-2-Yi-34B (model card;
+    # lmdeploy serves it with the Hermes-2 style template "internvl-zh-hermes2").
+    "internvl2-40b": _chat(_vit_6b(), _yi34b_hermes(), template="Hermes-2"),
+    # ---- InternVL 2.5 (Dec 2024): InternViT-*-V2_5, template "internvl2_5", same pipeline.
+    # Model/LLM pairs from the InternVL2_5-Pretrain-Models card table.  The Qwen2.5 llm blocks
+    # follow the InternVL 2.5/3 Qwen2.5 llm_config seen in the InternVL3-1B config dump
+    # (vocab 151674 = 151665 + 9, rope_theta 1e6, dynamic rope factor 2.0, untied head).
+    # OpenGVLab/InternVL2_5-1B: Qwen2.5-0.5B-Instruct (896/4864, 24 layers, 14/2 heads).
+    "internvl2_5-1b": _chat(
+        _vit_300m(),
+        _qwen2("Qwen/Qwen2.5-0.5B-Instruct", hidden=896, inter=4864, layers=24, heads=14,
+               kv_heads=2, vocab=151674,
+               rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
+        template="internvl2_5"),
+    # OpenGVLab/InternVL2_5-2B: internlm2_5-1_8b-chat (2048/8192, 24 layers, 16/8 heads).
+    "internvl2_5-2b": _chat(
+        _vit_300m(),
+        _internlm2("internlm/internlm2_5-1_8b-chat", hidden=2048, inter=8192, layers=24,
+                   heads=16, kv_heads=8, rope_factor=2.0),
+        template="internvl2_5"),
+    # OpenGVLab/InternVL2_5-4B: Qwen2.5-3B-Instruct (2048/11008, 36 layers, 16/2 heads).
+    # Qwen2.5-3B ties its head; the InternVL checkpoint does not: its safetensors hold
+    # 4.99 GB + 2.43 GB of bf16 = 3.71B params, which only the untied head reaches.
+    "internvl2_5-4b": _chat(
+        _vit_300m(),
+        _qwen2("Qwen/Qwen2.5-3B-Instruct", hidden=2048, inter=11008, layers=36, heads=16,
+               kv_heads=2, vocab=151674,
+               rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
+        template="internvl2_5"),
+    # OpenGVLab/InternVL2_5-8B: internlm2_5-7b-chat (head of the config verified in
+    # zhouxihong/InternVL2_5-8B-AWQ/config.json, "_name_or_path": "OpenGVLab/InternVL2_5-8B").
+    "internvl2_5-8b": _chat(
+        _vit_300m(),
+        _internlm2("internlm/internlm2_5-7b-chat", hidden=4096, inter=14336, layers=32,
+                   heads=32, kv_heads=8, rope_factor=2.0),
+        template="internvl2_5"),
+    # OpenGVLab/InternVL2_5-26B: InternViT-6B-448px-V2_5 + internlm2_5-20b-chat (same shape
+    # as internlm2-chat-20b; rope_theta 5e7 and dynamic factor 2.5 per the internlm2_5-20b-chat
+    # card — not read from the InternVL file).
+    "internvl2_5-26b": _chat(
+        _vit_6b(),
+        _internlm2("internlm/internlm2_5-20b-chat", hidden=6144, inter=16384, layers=48,
+                   heads=48, kv_heads=8, rope_factor=2.5, rope_theta=50000000),
+        template="internvl2_5"),
+    # OpenGVLab/InternVL2_5-38B: InternViT-6B-448px-V2_5 + Qwen2.5-32B-Instruct
+    # (5120/27648, 64 layers, 40/8 heads, per its published config.json).
+    "internvl2_5-38b": _chat(
+        _vit_6b(),
+        _qwen2("Qwen/Qwen2.5-32B-Instruct", hidden=5120, inter=27648, layers=64, heads=40,
+               kv_heads=8, vocab=151674,
+               rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
+        template="internvl2_5"),
+    # OpenGVLab/InternVL2_5-78B: InternViT-6B-448px-V2_5 + Qwen2.5-72B-Instruct
+    # (8192/29568, 80 layers, 64/8 heads, per its published config.json).
+    "internvl2_5-78b": _chat(
+        _vit_6b(),
+        _qwen2("Qwen/Qwen2.5-72B-Instruct", hidden=8192, inter=29568, layers=80, heads=64,
+               kv_heads=8, vocab=151674,
+               rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
+        template="internvl2_5"),
+    # ---- Made-up sizes for tests and benchmarks (same layout, tiny numbers).
+    # tiny: 56 px tiles / patch 14 -> 4x4 grid -> pixel shuffle 0.5 -> 2x2 = 4 tokens per tile;
+    # vision 2 layers width 32 (2 heads), projector 128 -> 64, Qwen2 2 layers width 64, 4/2
+    # heads, vocab 512.  A forward over a few tiles takes milliseconds on CPU.
+    "tiny": _chat(
+        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+        _qwen2("tiny", hidden=64, inter=128, layers=2, heads=4, kv_heads=2, vocab=512,
+               eos=2) | {"bos_token_id": 1, "max_position_embeddings": 2048},
+        template="Hermes-2", max_patch=6),
+    # small: 224 px / patch 14 -> 16x16 grid -> 64 tokens per tile; vision 6 layers width 256
+    # (4 heads), Qwen2 4 layers width 512 (8/2 heads), vocab 4096: 7 tiles + prompt run well
+    # under a second on CPU, so benchmarks measure the pipeline and not the network.
+    "small": _chat(
+        _vit_300m(hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
+                  num_attention_heads=4, image_size=224, use_flash_attn=False),
+        _qwen2("small", hidden=512, inter=1408, layers=4, heads=8, kv_heads=2, vocab=4096,
+               eos=2) | {"bos_token_id": 1, "max_position_embeddings": 8192},
+        template="Hermes-2", max_patch=6),
+}
+
+# Names of the presets that stand for published checkpoints (everything but tiny/small).
+SYNTHETIC_PRESETS = ("tiny", "small")
+
+# Published total parameter counts.  "HF" = the safetensors "Model size" figure on the
+# checkpoint's Hugging Face page (computed from the stored tensors, shown to 3 significant
+# figures, so the last digit carries up to ±0.5 of its unit); where the bf16 file sizes were
+# visible they are quoted too.  Values marked "recalled" could not be re-read here.
+PUBLISHED_PARAMS: dict[str, tuple[int, str]] = {
+    "internvl-chat-v1-2": (40_100_000_000, "HF OpenGVLab/InternVL-Chat-V1-2 model size 40.1B (recalled); card says 40B"),
+    "internvl-chat-v1-2-plus": (40_100_000_000, "HF OpenGVLab/InternVL-Chat-V1-2-Plus model size 40.1B (recalled)"),
+    "internvl-chat-v1-5": (25_500_000_000, "HF OpenGVLab/InternVL-Chat-V1-5 model size 25.5B; card 'Model size 25.5B'"),
+    "mini-internvl-chat-2b-v1-5": (2_210_000_000, "HF model size 2.21B (seen on a re-upload, Hariprasath28/Mini-InternVL-Chat-2B-V1-5); card 2.2B"),
+    "mini-internvl-chat-4b-v1-5": (4_150_000_000, "HF OpenGVLab/Mini-InternVL-Chat-4B-V1-5 model size 4.15B (recalled); card 4.2B"),
+    "internvl2-1b": (938_000_000, "HF OpenGVLab/InternVL2-1B model size 938M; card 0.9B"),
+    "internvl2-2b": (2_210_000_000, "HF OpenGVLab/InternVL2-2B model size 2.21B (recalled); card 2.2B"),
+    "internvl2-4b": (4_150_000_000, "HF OpenGVLab/InternVL2-4B model size 4.15B (recalled); card 4.2B"),
+    "internvl2-8b": (8_080_000_000, "HF model size 8.08B (seen on InternVL2-8B fine-tune re-uploads); card 8.1B"),
+    "internvl2-26b": (25_500_000_000, "HF OpenGVLab/InternVL2-26B model size 25.5B (recalled); card 25.5B"),
+    "internvl2-40b": (40_100_000_000, "HF OpenGVLab/InternVL2-40B model size 40.1B (recalled); card 40.1B"),
+    "internvl2_5-1b": (938_000_000, "HF model size 938M (seen on zhaoyuzhi/ICM-InternVL2_5-1B, a fine-tune)"),
+    "internvl2_5-2b": (2_210_000_000, "HF OpenGVLab/InternVL2_5-2B model size 2.21B (recalled)"),
+    "internvl2_5-4b": (3_710_000_000, "HF OpenGVLab/InternVL2_5-4B: 4.99 GB + 2.43 GB bf16 shards = 3.71B"),
+    "internvl2_5-8b": (8_080_000_000, "HF OpenGVLab/InternVL2_5-8B model size 8.08B (recalled)"),
+    "internvl2_5-26b": (25_500_000_000, "HF OpenGVLab/InternVL2_5-26B model size 25.5B (recalled)"),
+    "internvl2_5-38b": (38_400_000_000, "HF OpenGVLab/InternVL2_5-38B model size 38.4B (recalled)"),
+    "internvl2_5-78b": (78_400_000_000, "HF OpenGVLab/InternVL2_5-78B model size 78.4B (recalled)"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Access.
+# ---------------------------------------------------------------------------------------------
+
+def preset_names() -> list[str]:
+    """The preset names, published checkpoints first then tiny/small, in registry order."""
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> dict:
+    """A deep copy of the named preset's config dict; names are matched case-insensitively.
+
+    Raises ConfigError naming the unknown name and listing the known ones.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"preset name must be a string, got {type(name).__name__}: {name!r}")
+    key = name.strip().lower()
+    if key not in PRESETS:
+        raise ConfigError(
+            f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
+    return copy.deepcopy(PRESETS[key])
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytic parameter count.
+# ---------------------------------------------------------------------------------------------
+
+def _need(cfg: dict, key: str, where: str):
+    try:
+        return cfg[key]
+    except KeyError:
+        raise ConfigError(f"{where} is missing key {key!r}") from None
+
+
+def count_vision_parameters(vision: dict) -> int:
+    """Parameters of an InternVisionModel (embeddings + encoder; it has no final norm)."""
+    w = "vision_config"
+    h = _need(vision, "hidden_size", w)
+    inter = _need(vision, "intermediate_size", w)
+    layers = _need(vision, "num_hidden_layers", w)
+    patch = _need(vision, "patch_size", w)
+    image = _need(vision, "image_size", w)
+    channels = vision.get("num_channels", 3)
+    norm_type = vision.get("norm_type", "rms_norm")
+    if norm_type not in ("layer_norm", "rms_norm"):
+        raise ConfigError(f"vision_config.norm_type must be 'layer_norm' or 'rms_norm', got {norm_type!r}")
+    norm = 2 * h if norm_type == "layer_norm" else h  # LayerNorm has a bias, RMSNorm not
+
+    grid = image // patch
+    embeddings = (
+        channels * patch * patch * h + h  # patch conv weight + bias
+        + h  # class embedding
+        + (grid * grid + 1) * h  # position embedding (patches + CLS)
+    )
+    per_layer = (
+        h * 3 * h + (3 * h if _need(vision, "qkv_bias", w) else 0)  # fused qkv
+        + h * h + h  # proj
+        + (2 * h if _need(vision, "qk_normalization", w) else 0)  # q_norm, k_norm weights
+        + 2 * norm  # norm1, norm2
+        + 2 * h  # ls1, ls2
+        + h * inter + inter  # fc1
+        + inter * h + h  # fc2
+    )
+    return embeddings + layers * per_layer
+
+
+def count_projector_parameters(cfg: dict) -> int:
+    """Parameters of mlp1: LayerNorm(C) -> Linear(C, D) -> GELU -> Linear(D, D), C = vit*r^-2."""
+    vit = _need(_need(cfg, "vision_config", "config"), "hidden_size", "vision_config")
+    llm = _need(_need(cfg, "llm_config", "config"), "hidden_size", "llm_config")
+    ratio = cfg.get("downsample_ratio", 0.5)
+    c = vit * round(1 / ratio) ** 2
+    return 2 * c + (c * llm + llm) + (llm * llm + llm)
+
+
+def count_llm_parameters(llm: dict) -> int:
+    """Parameters of the causal LM a transformers-style config describes (Llama-family layout)."""
+    w = "llm_config"
+    arch = (llm.get("architectures") or [""])[0]
+    model_type = llm.get("model_type", "")
+    h = _need(llm, "hidden_size", w)
+    inter = _need(llm, "intermediate_size", w)
+    layers = _need(llm, "num_hidden_layers", w)
+    heads = _need(llm, "num_attention_heads", w)
+    kv = llm.get("num_key_value_heads") or heads
+    vocab = _need(llm, "vocab_size", w)
+    head_dim = llm.get("head_dim") or h // heads
+    q_out = heads * head_dim
+    kv_out = kv * head_dim
+
+    if model_type == "qwen2" or arch == "Qwen2ForCausalLM":
+        qkv_bias = True  # Qwen2 puts a bias on q/k/v and none on o
+        o_bias = mlp_bias = False
+    elif model_type == "internlm2" or arch == "InternLM2ForCausalLM":
+        qkv_bias = o_bias = mlp_bias = bool(llm.get("bias", False))
+    elif model_type in ("llama", "phi3") or arch in ("LlamaForCausalLM", "Phi3ForCausalLM"):
+        qkv_bias = o_bias = bool(llm.get("attention_bias", False))
+        mlp_bias = bool(llm.get("mlp_bias", False))
+    else:
+        raise ConfigError(
+            f"llm_config: cannot count parameters of architecture {arch!r} / model_type "
+            f"{model_type!r}; known: Qwen2ForCausalLM, InternLM2ForCausalLM, LlamaForCausalLM, "
+            "Phi3ForCausalLM")
+
+    attn = h * (q_out + 2 * kv_out) + (q_out + 2 * kv_out if qkv_bias else 0)
+    attn += q_out * h + (h if o_bias else 0)
+    # gate + up + down; Phi-3 packs gate/up into one matrix, same count
+    mlp = 3 * h * inter + ((2 * inter + h) if mlp_bias else 0)
+    per_layer = attn + mlp + 2 * h  # two RMSNorms
+    embed = vocab * h
+    head = 0 if llm.get("tie_word_embeddings", False) else vocab * h
+    return embed + layers * per_layer + h + head
+
+
+def count_parameters(cfg: dict) -> int:
+    """Total parameter count of the InternVLChatModel a config dict describes (pure Python)."""
+    vision = _need(cfg, "vision_config", "config")
+    llm = _need(cfg, "llm_config", "config")
+    return count_vision_parameters(vision) + count_projector_parameters(cfg) + count_llm_parameters(llm)
