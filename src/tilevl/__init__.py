@@ -4,7 +4,7 @@ The public API is small: build or load a model, load its tokenizer, tile an imag
 """
 
 from tilevl.checkpoint.loader import load_model, read_config, save_model
-# TEMP from tilevl.checkpoint.tokenizer import load_tokenizer
+from tilevl.checkpoint.tokenizer import load_tokenizer
 from tilevl.config import ModelConfig, VisionConfig
 from tilevl.errors import CheckpointError, ConfigError, InputError, MissingDependencyError, TilevlError
 from tilevl.model.vlm import VisionLanguageModel, build_model
