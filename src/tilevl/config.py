@@ -123,6 +123,8 @@ class ModelConfig:
     use_llm_lora: int = 0
     # Not in the official file; recorded once known so a folder without a tokenizer works.
     img_context_token_id: int | None = None
+    # The checkpoint's preprocessor_config.json (image mean/std), kept beside config.json.
+    preprocessor: dict | None = field(default=None, repr=False, compare=False)
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -184,7 +186,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         """The official `config.json` dict; an unchanged config reproduces its source."""
-        out = _emit(self, self.extra, skip=("vision", "llm"))
+        out = _emit(self, self.extra, skip=("vision", "llm", "preprocessor"))
         out["vision_config"] = self.vision.to_dict()
         out["llm_config"] = copy.deepcopy(self.llm)
         out.setdefault("architectures", [_OFFICIAL_ARCH])

@@ -15,7 +15,6 @@ import torch
 
 from tilevl.checkpoint.internlm2 import (
     convert_internlm2_key,
-    internlm2_config_to_llama,
     is_internlm2,
     llama_state_dict_to_internlm2,
 )
@@ -25,6 +24,7 @@ from tilevl.errors import CheckpointError
 OFFICIAL = "official"
 NATIVE = "native"
 _NATIVE_ARCH = "InternVLForConditionalGeneration"
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CAUSAL_LM = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 Pairs = Iterable[tuple[str, torch.Tensor]]
@@ -283,8 +283,26 @@ def ours_config_to_native(config: ModelConfig) -> dict:
     return native
 
 
+def _mean_std(config: ModelConfig) -> tuple[list[float], list[float]]:
+    pre = config.preprocessor or {}
+    return list(pre.get("image_mean", _IMAGENET_MEAN)), list(pre.get("image_std", _IMAGENET_STD))
+
+
+def official_preprocessor_config(config: ModelConfig) -> dict:
+    """preprocessor_config.json as the official checkpoints ship it (CLIPImageProcessor keys)."""
+    out = dict(config.preprocessor or {})
+    mean, std = _mean_std(config)
+    out.update({
+        "crop_size": config.image_size, "size": config.image_size, "do_center_crop": True,
+        "do_normalize": True, "do_resize": True, "image_mean": mean, "image_std": std, "resample": 3,
+    })
+    out.setdefault("image_processor_type", "CLIPImageProcessor")
+    return out
+
+
 def native_preprocessor_config(config: ModelConfig) -> dict:
     """The preprocessing settings in the keys transformers' GotOcr2 image processor reads."""
+    mean, std = _mean_std(config)
     return {
         "image_processor_type": "GotOcr2ImageProcessorFast",
         "crop_to_patches": config.dynamic_image_size,
@@ -292,11 +310,5 @@ def native_preprocessor_config(config: ModelConfig) -> dict:
         "max_patches": config.max_dynamic_patch,
         "size": {"height": config.image_size, "width": config.image_size},
         "do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-        "do_convert_rgb": True,
+        "do_normalize": True, "image_mean": mean, "image_std": std, "do_convert_rgb": True,
     }
-
-
-def official_config_to_llama_llm(config: ModelConfig) -> dict:
-    """The LLM config as transformers builds it (InternLM2 → Llama); others unchanged."""
-    return internlm2_config_to_llama(config.llm) if is_internlm2(config.llm) else dict(config.llm)

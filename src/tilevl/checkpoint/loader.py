@@ -43,10 +43,17 @@ def read_config(path: str | Path) -> tuple[ModelConfig, str]:
             pre_file = folder / "preprocessor_config.json"
             pre = json.loads(pre_file.read_text("utf-8")) if pre_file.exists() else None
             config = convert.native_config_to_ours(raw, pre)
+            config.preprocessor = pre
     except ConfigError as exc:
         raise CheckpointError(f"{file}: {exc}") from None
     if config.img_context_token_id is None:
         config.img_context_token_id = _context_token_id_from_files(folder)
+    pre_file = folder / "preprocessor_config.json"
+    if pre_file.exists() and config.preprocessor is None:
+        try:
+            config.preprocessor = json.loads(pre_file.read_text("utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{pre_file}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
     return config, layout
 
 
@@ -206,11 +213,12 @@ def save_model(
         if layout == convert.OFFICIAL:
             config_dict = config.to_dict()
             write_shards(convert.ours_to_official(pairs, config), tmp, max_shard_size)
+            pre = convert.official_preprocessor_config(config)
         else:
             config_dict = convert.ours_config_to_native(config)
             write_shards(convert.ours_to_native(pairs), tmp, max_shard_size)
             pre = convert.native_preprocessor_config(config)
-            (tmp / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n", "utf-8")
+        (tmp / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n", "utf-8")
         (tmp / "config.json").write_text(json.dumps(config_dict, indent=2, ensure_ascii=False) + "\n", "utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))

@@ -43,6 +43,39 @@ class VisionLanguageModel(nn.Module):
     def vision_device(self) -> torch.device:
         return self.vision_model.embeddings.patch_embedding.weight.device
 
+    @property
+    def image_settings(self):
+        """How images are tiled for this checkpoint (read from its saved settings)."""
+        from tilevl.inputs.image import ImageSettings
+
+        return ImageSettings.from_checkpoint_config(self.config.to_dict(), self.config.preprocessor)
+
+    @property
+    def conv_template(self):
+        """The conversation template named by the checkpoint (the seeds read `.sep`)."""
+        from tilevl.chat.engine import model_template
+
+        return model_template(self)
+
+    system_message: str | None = None  # replaces the template's system prompt in chat()
+
+    # ---- the seeds' chat API (see tilevl.chat.engine) -----------------------------------------
+    def chat(self, tokenizer, pixel_values, question, generation_config=None, history=None,
+             return_history=False, num_patches_list=None, **kwargs):
+        """`model.chat(tokenizer, pixel_values, question, generation_config, …)` as in the seeds."""
+        from tilevl.chat.engine import chat
+
+        return chat(self, tokenizer, pixel_values, question, generation_config, history,
+                    return_history, num_patches_list, **kwargs)
+
+    def batch_chat(self, tokenizer, pixel_values, questions, generation_config=None,
+                   num_patches_list=None, **kwargs):
+        """Several independent questions in one batch, as in the seeds."""
+        from tilevl.chat.engine import batch_chat
+
+        return batch_chat(self, tokenizer, pixel_values, questions, generation_config,
+                          num_patches_list, **kwargs)
+
     # ---- the forward path -----------------------------------------------------------------
     def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tiles [T, 3, S, S] → visual tokens [T, num_image_token, llm_hidden]."""

@@ -1,0 +1,249 @@
+"""The seeds' chat API: `chat()` and `batch_chat()` over a loaded model and its tokenizer.
+
+Prompts are rendered by the one shared template function; generation is transformers'
+(greedy, sampling, beams, streamers, stop strings) with the template's end token as EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from tilevl.errors import ConfigError, InputError
+from tilevl.inputs.template import (
+    Template,
+    add_image_placeholder,
+    build_messages,
+    get_template,
+    render,
+    stop_token_ids,
+)
+
+
+@dataclass
+class GenerationSettings:
+    """Generation settings a user (or the HTTP server) may set; None = transformers' default."""
+
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    num_beams: int = 1
+    repetition_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @classmethod
+    def from_dict(cls, config: dict | None) -> tuple[GenerationSettings, dict]:
+        """Split a seeds-style `generation_config` dict into our settings and the rest.
+
+        The rest (e.g. `streamer`, `min_new_tokens`) is passed to transformers as it is.
+        """
+        config = dict(config or {})
+        names = {f.name for f in fields(cls)}
+        known = {k: config.pop(k) for k in list(config) if k in names}
+        if "stop_strings" in config:
+            known["stop"] = config.pop("stop_strings")
+        if isinstance(known.get("stop"), str):
+            known["stop"] = (known["stop"],)
+        settings = cls(**known)
+        settings.validate()
+        return settings, config
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature is not None and self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.num_beams < 1:
+            raise InputError(f"num_beams must be >= 1, got {self.num_beams}")
+
+    def generate_kwargs(self, tokenizer, template: Template) -> dict[str, Any]:
+        """Keyword arguments for `generate`, with the template's end token(s) as EOS."""
+        eos = stop_token_ids(tokenizer, template)
+        if not eos:
+            raise ConfigError(f"the tokenizer has no end token {template.end_token!r} of template {template.name}")
+        do_sample = self.do_sample and (self.temperature is None or self.temperature > 0)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": do_sample,
+            "num_beams": self.num_beams,
+            "eos_token_id": eos,
+            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
+        }
+        if do_sample:
+            for name in ("temperature", "top_p", "top_k"):
+                if getattr(self, name) is not None:
+                    kwargs[name] = getattr(self, name)
+        else:  # silence transformers' warnings about sampling knobs in greedy mode
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        if self.stop:
+            kwargs["stop_strings"] = list(self.stop)
+            kwargs["tokenizer"] = tokenizer
+        return kwargs
+
+
+def model_template(model, template: str | Template | None = None) -> Template:
+    """The conversation template: the argument, else the checkpoint's `template` field."""
+    if isinstance(template, Template):
+        return template
+    name = template or model.config.template
+    if not name:
+        raise ConfigError("this checkpoint's config.json names no 'template'; pass template=...")
+    return get_template(name)
+
+
+def clean_response(text: str, template: Template, stop: Sequence[str] = ()) -> str:
+    """Cut the reply at the end token or a stop string and strip it (as upstream does)."""
+    for marker in (template.end_token, *template.stop_strings, *stop):
+        if marker and marker in text:
+            text = text.split(marker, 1)[0]
+    return text.strip()
+
+
+def _check_patches(pixel_values: torch.Tensor | None, num_patches_list: Sequence[int] | None) -> list[int]:
+    if pixel_values is None:
+        if num_patches_list:
+            raise InputError(f"num_patches_list {list(num_patches_list)} given without pixel_values")
+        return []
+    patches = list(num_patches_list) if num_patches_list is not None else [pixel_values.shape[0]]
+    if sum(patches) != pixel_values.shape[0]:
+        raise InputError(
+            f"num_patches_list sums to {sum(patches)} tiles but pixel_values holds {pixel_values.shape[0]}"
+        )
+    return patches
+
+
+def prepare_chat_prompt(
+    model, tokenizer, question: str, history=None, num_patches_list: Sequence[int] = (),
+    template: Template | None = None, system_message: str | None = None,
+) -> tuple[list[int], str]:
+    """Render the prompt of one chat turn. Returns (input_ids, question as recorded).
+
+    As upstream: on the first turn with images and no `<image>`, one is put in front.
+    """
+    template = template or model_template(model)
+    if not history:
+        question = add_image_placeholder(question, len(num_patches_list))
+    messages = build_messages(question, history, system_message or getattr(model, "system_message", None))
+    rendered = render(
+        tokenizer, template, messages,
+        num_patches_list=num_patches_list, num_image_token=model.num_image_token,
+        add_generation_prompt=True,
+    )
+    return rendered.input_ids, question
+
+
+def _ensure_context_id(model, tokenizer) -> None:
+    from tilevl.checkpoint.tokenizer import img_context_token_id
+
+    if model.img_context_token_id is None:
+        model.img_context_token_id = img_context_token_id(tokenizer)
+
+
+def chat(
+    model, tokenizer, pixel_values: torch.Tensor | None, question: str,
+    generation_config: dict | None = None, history: list | None = None, return_history: bool = False,
+    num_patches_list: Sequence[int] | None = None, system_message: str | None = None,
+    template: str | Template | None = None,
+):
+    """One chat turn, exactly as the seeds call it (`model.chat(tokenizer, pixel_values, …)`).
+
+    Args:
+        model: a `VisionLanguageModel`.
+        tokenizer: its tokenizer.
+        pixel_values: [T, 3, S, S] tiles of all images of the conversation, or None.
+        question: the user's text; `<image>` placeholders mark where images go.
+        generation_config: a dict (max_new_tokens, do_sample, temperature, top_p, top_k,
+            num_beams, repetition_penalty, stop, seed, streamer …).
+        history: earlier (question, answer) pairs; None starts a conversation.
+        return_history: also return the history with this turn appended.
+        num_patches_list: tiles per image (default: all tiles form one image).
+    Returns:
+        The reply, or (reply, history) when `return_history`.
+    """
+    _ensure_context_id(model, tokenizer)
+    template = model_template(model, template)
+    settings, extra = GenerationSettings.from_dict(generation_config)
+    patches = _check_patches(pixel_values, num_patches_list)
+    ids, question = prepare_chat_prompt(model, tokenizer, question, history, patches, template, system_message)
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    input_ids = torch.tensor([ids], device=model.device)
+    out = model.generate(
+        input_ids, pixel_values, attention_mask=torch.ones_like(input_ids),
+        **settings.generate_kwargs(tokenizer, template), **extra,
+    )
+    response = clean_response(tokenizer.decode(out[0], skip_special_tokens=True), template, settings.stop)
+    history = list(history or []) + [(question, response)]
+    return (response, history) if return_history else response
+
+
+def batch_chat(
+    model, tokenizer, pixel_values: torch.Tensor | None, questions: Sequence[str],
+    generation_config: dict | None = None, num_patches_list: Sequence[int] | None = None,
+    history=None, return_history: bool = False, system_message: str | None = None,
+    template: str | Template | None = None,
+) -> list[str]:
+    """Answer several independent questions in one left-padded batch (one forward per step).
+
+    Args:
+        pixel_values: tiles of all samples, concatenated in sample order (or None).
+        questions: one question per sample.
+        num_patches_list: tiles per sample (each sample has one image, as in the seeds);
+            0 marks a pure-text sample.
+    Returns:
+        One reply per question.
+    """
+    if history is not None or return_history:
+        raise InputError("batch_chat does not take history (as upstream); use chat() per conversation")
+    _ensure_context_id(model, tokenizer)
+    template = model_template(model, template)
+    settings, extra = GenerationSettings.from_dict(generation_config)
+    if num_patches_list is None:
+        num_patches_list = [pixel_values.shape[0] // len(questions)] * len(questions) if pixel_values is not None else [0] * len(questions)
+    if len(num_patches_list) != len(questions):
+        raise InputError(f"{len(questions)} questions but num_patches_list has {len(num_patches_list)} entries")
+    total = sum(num_patches_list)
+    if (pixel_values.shape[0] if pixel_values is not None else 0) != total:
+        raise InputError(f"num_patches_list sums to {total} tiles but pixel_values holds "
+                         f"{0 if pixel_values is None else pixel_values.shape[0]}")
+    prompts = []
+    for question, patches in zip(questions, num_patches_list):
+        images = [patches] if patches else []
+        ids, _ = prepare_chat_prompt(model, tokenizer, question, None, images, template, system_message)
+        prompts.append(ids)
+    input_ids, attention_mask = left_pad(prompts, pad_id(tokenizer, template))
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    out = model.generate(
+        input_ids.to(model.device), pixel_values, attention_mask=attention_mask.to(model.device),
+        **settings.generate_kwargs(tokenizer, template), **extra,
+    )
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    return [clean_response(t, template, settings.stop) for t in texts]
+
+
+def pad_id(tokenizer, template: Template) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return stop_token_ids(tokenizer, template)[0]
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts to one length: ([B, L] ids, [B, L] attention mask)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask

@@ -1,0 +1,190 @@
+"""A multi-turn conversation that keeps its KV cache and encoded images between turns.
+
+Turn k feeds the LLM only the tokens the cache does not hold yet (the new question), and
+each image goes through the vision tower once. Greedy replies equal a full recompute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from tilevl.chat.engine import (
+    GenerationSettings,
+    _ensure_context_id,
+    clean_response,
+    model_template,
+)
+from tilevl.errors import InputError
+from tilevl.inputs.template import IMAGE_PLACEHOLDER, build_messages, render
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class ChatSession:
+    """Chat with one model about images, keeping state between turns.
+
+    Example:
+        session = ChatSession(model, tokenizer)
+        session.ask("What is in the picture?", images=["cat.png"])
+        session.ask("And what colour is it?")
+    """
+
+    def __init__(
+        self, model, tokenizer, *, template: str | None = None, system_message: str | None = None,
+        max_tiles: int | None = None, generation: GenerationSettings | dict | None = None,
+    ) -> None:
+        _ensure_context_id(model, tokenizer)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = model_template(model, template)
+        self.system_message = system_message
+        self.max_tiles = max_tiles
+        if isinstance(generation, dict):
+            generation, _ = GenerationSettings.from_dict(generation)
+        self.generation = generation or GenerationSettings()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation, its images and its cache."""
+        self.history: list[tuple[str, str]] = []
+        self.num_patches_list: list[int] = []
+        self._features: list[torch.Tensor] = []  # per image: [tiles * tokens, hidden]
+        self._cache: DynamicCache | None = None
+        self._cached_ids: list[int] = []
+        self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "images_encoded": 0}
+
+    # ---- images -----------------------------------------------------------------------------
+    def encode_image(self, image: Any, max_tiles: int | None = None) -> int:
+        """Tile an image (path, bytes, PIL image or a [T,3,S,S] tensor), encode it once.
+
+        Returns:
+            The number of tiles.
+        """
+        from tilevl.inputs.image import preprocess
+
+        if isinstance(image, torch.Tensor):
+            tiles = image
+        else:
+            tiles = preprocess(image, self.model.image_settings, max_num=max_tiles or self.max_tiles)
+        with torch.no_grad():
+            features = self.model.extract_feature(tiles)  # [T, tokens, hidden]
+        self._features.append(features.reshape(-1, features.shape[-1]))
+        self.num_patches_list.append(tiles.shape[0])
+        self.stats["images_encoded"] += 1
+        return tiles.shape[0]
+
+    # ---- a turn -----------------------------------------------------------------------------
+    def prompt_ids(self, question: str) -> list[int]:
+        """The ids of the whole conversation so far plus `question`, ready to generate."""
+        messages = build_messages(question, self.history, self.system_message)
+        rendered = render(
+            self.tokenizer, self.template, messages, num_patches_list=self.num_patches_list,
+            num_image_token=self.model.num_image_token, add_generation_prompt=True,
+        )
+        return rendered.input_ids
+
+    def ask(
+        self, question: str, images: Sequence[Any] = (), *, generation: GenerationSettings | dict | None = None,
+        streamer: Any = None, max_tiles: int | None = None,
+    ) -> str:
+        """Ask one question (with new images, if any) and return the reply.
+
+        Args:
+            question: the user's text; `<image>` placeholders are added in front for new
+                images when the question has none (`Image-k: <image>` for several).
+            images: new images for this turn.
+            generation: settings for this turn (default: the session's).
+            streamer: a transformers streamer that receives the reply as it is generated.
+        Returns:
+            The reply text (also appended to `history`).
+        """
+        first_new = len(self.num_patches_list)
+        for image in images:
+            self.encode_image(image, max_tiles)
+        if images and IMAGE_PLACEHOLDER not in question:
+            if len(self.num_patches_list) == 1:
+                prefix = f"{IMAGE_PLACEHOLDER}\n"
+            else:
+                prefix = "".join(f"Image-{k + 1}: {IMAGE_PLACEHOLDER}\n" for k in range(first_new, len(self.num_patches_list)))
+            question = prefix + question
+        if isinstance(generation, dict):
+            generation, _ = GenerationSettings.from_dict(generation)
+        settings = generation or self.generation
+        ids = self.prompt_ids(question)
+        new = self._generate(ids, settings, streamer)
+        response = clean_response(self.tokenizer.decode(new, skip_special_tokens=True), self.template, settings.stop)
+        self.history.append((question, response))
+        return response
+
+    @torch.no_grad()
+    def _generate(self, ids: list[int], settings: GenerationSettings, streamer: Any) -> list[int]:
+        model, llm = self.model, self.model.language_model
+        kwargs = settings.generate_kwargs(self.tokenizer, self.template)
+        if streamer is not None:
+            kwargs["streamer"] = streamer
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        device = model.device
+        full = torch.tensor([ids], device=device)
+        if settings.num_beams > 1:
+            # Beam search reorders the cache per beam: recompute, but reuse the image features.
+            self._cache, self._cached_ids = None, []
+            features = torch.cat(self._features) if self._features else None
+            embeds = self._embed(full, 0, features)
+            out = llm.generate(input_ids=full, inputs_embeds=embeds, attention_mask=torch.ones_like(full), **kwargs)
+            return out[0, len(ids):].tolist()
+
+        # Keep what the cache shares with the new prompt; feed the rest except the last
+        # token, which generate() feeds itself (it must see at least one new token).
+        keep = min(common_prefix(self._cached_ids, ids), len(ids) - 1)
+        if self._cache is None:
+            self._cache = DynamicCache(config=llm.config)
+            keep = 0
+        elif keep < self._cache.get_seq_length():
+            self._cache.crop(keep - self._cache.get_seq_length())  # negative: tokens to drop
+        self.stats["reused_tokens"] += keep
+        if keep < len(ids) - 1:
+            segment = full[:, keep:len(ids) - 1]
+            embeds = self._embed(segment, self._slots_before(ids, keep), None)
+            positions = torch.arange(keep, len(ids) - 1, device=device)[None]
+            llm.model(
+                inputs_embeds=embeds, past_key_values=self._cache, use_cache=True,
+                position_ids=positions, cache_position=positions[0],
+                attention_mask=torch.ones(1, len(ids) - 1, dtype=torch.long, device=device),
+            )
+            self.stats["prefill_tokens"] += len(ids) - 1 - keep
+        out = llm.generate(
+            input_ids=full, attention_mask=torch.ones_like(full), past_key_values=self._cache, **kwargs
+        )
+        sequence = out[0].tolist()
+        self._cached_ids = sequence[: self._cache.get_seq_length()]
+        return sequence[len(ids):]
+
+    def _slots_before(self, ids: list[int], position: int) -> int:
+        ctx = self.model.img_context_token_id
+        return sum(1 for t in ids[:position] if t == ctx)
+
+    def _embed(self, segment: torch.Tensor, slots_before: int, features: torch.Tensor | None) -> torch.Tensor:
+        """Embeddings of `segment` with the right slice of image features in its slots."""
+        embeds = self.model.language_model.get_input_embeddings()(segment)
+        slots = segment == self.model.img_context_token_id
+        n = int(slots.sum())
+        if n == 0:
+            return embeds
+        if features is None:
+            features = torch.cat(self._features)
+        part = features[slots_before: slots_before + n]
+        if part.shape[0] != n:
+            raise InputError(f"the conversation has {n} image slots here but only {part.shape[0]} image tokens")
+        return embeds.masked_scatter(slots.unsqueeze(-1), part.to(embeds.dtype))

@@ -1,0 +1,136 @@
+"""The seeds' chat API on the tiny model: shapes, history, batching, streaming, sessions."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from PIL import Image
+from transformers import TextIteratorStreamer
+
+from tilevl.chat.engine import GenerationSettings, batch_chat, left_pad
+from tilevl.chat.session import ChatSession, common_prefix
+from tilevl.errors import InputError
+from tilevl.inputs.image import preprocess
+
+GREEDY = dict(max_new_tokens=8, do_sample=False)
+
+
+def test_pure_text_and_history(tiny_model, tokenizer):
+    response, history = tiny_model.chat(tokenizer, None, "Hello, who are you?", GREEDY, history=None, return_history=True)
+    assert isinstance(response, str) and history == [("Hello, who are you?", response)]
+    response2, history = tiny_model.chat(tokenizer, None, "Can you tell me a story?", GREEDY, history=history, return_history=True)
+    assert len(history) == 2 and history[1] == ("Can you tell me a story?", response2)
+
+
+def test_single_image_gets_a_placeholder_once(tiny_model, tokenizer):
+    pixels = torch.randn(3, 3, 56, 56)
+    _, history = tiny_model.chat(tokenizer, pixels, "Describe the image.", GREEDY, return_history=True)
+    assert history[0][0] == "<image>\nDescribe the image."
+    _, history = tiny_model.chat(tokenizer, pixels, "More?", GREEDY, history=history, return_history=True)
+    assert history[1][0] == "More?"  # only the first turn carries the image
+
+
+def test_separate_images_need_matching_placeholders(tiny_model, tokenizer):
+    pixels = torch.randn(3, 3, 56, 56)
+    q = "Image-1: <image>\nImage-2: <image>\nDescribe the two images."
+    assert isinstance(tiny_model.chat(tokenizer, pixels, q, GREEDY, num_patches_list=[1, 2]), str)
+    with pytest.raises(InputError, match="2 <image> placeholder"):
+        tiny_model.chat(tokenizer, pixels, q, GREEDY, num_patches_list=[3])
+    with pytest.raises(InputError, match="sums to 4 tiles but pixel_values holds 3"):
+        tiny_model.chat(tokenizer, pixels, q, GREEDY, num_patches_list=[2, 2])
+
+
+def test_batch_chat_equals_per_sample_chat(tiny_model, tokenizer):
+    torch.manual_seed(0)
+    pixels = torch.randn(4, 3, 56, 56)
+    questions = ["<image>\nWhat is it?", "<image>\nDescribe the image in detail, please."]
+    batched = batch_chat(tiny_model, tokenizer, pixels, questions, GREEDY, num_patches_list=[1, 3])
+    single = [
+        tiny_model.chat(tokenizer, pixels[:1], questions[0], GREEDY),
+        tiny_model.chat(tokenizer, pixels[1:], questions[1], GREEDY),
+    ]
+    assert batched == single
+
+
+def test_streaming_like_the_seeds(tiny_model, tokenizer):
+    pixels = torch.randn(1, 3, 56, 56)
+    expected = tiny_model.chat(tokenizer, pixels, "Hi", dict(GREEDY))
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=30)
+    config = dict(GREEDY, streamer=streamer)
+    thread = threading.Thread(target=tiny_model.chat, kwargs=dict(
+        tokenizer=tokenizer, pixel_values=pixels, question="Hi", history=None,
+        return_history=False, generation_config=config))
+    thread.start()
+    text = ""
+    for new_text in streamer:
+        if new_text == tiny_model.conv_template.sep:
+            break
+        text += new_text
+    thread.join()
+    assert text.strip() == expected
+
+
+def test_generation_settings_validate_and_map():
+    settings, rest = GenerationSettings.from_dict({"max_new_tokens": 5, "stop": "END", "streamer": "s"})
+    assert settings.stop == ("END",) and rest == {"streamer": "s"}
+    for bad in ({"max_new_tokens": 0}, {"top_p": 1.5}, {"temperature": -1}, {"num_beams": 0}):
+        with pytest.raises(InputError):
+            GenerationSettings.from_dict(bad)
+
+
+def test_stop_strings_cut_the_reply(tiny_model, tokenizer):
+    full = tiny_model.chat(tokenizer, None, "Hello", dict(max_new_tokens=12, do_sample=False))
+    if len(full) < 3:
+        pytest.skip("reply too short to cut")
+    stop = full[1:3]
+    cut = tiny_model.chat(tokenizer, None, "Hello", dict(max_new_tokens=12, do_sample=False, stop=[stop]))
+    assert cut == full.split(stop)[0].strip()
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model, tokenizer):
+    config = dict(max_new_tokens=8, do_sample=True, temperature=1.3, top_p=0.95, top_k=40, seed=7)
+    assert tiny_model.chat(tokenizer, None, "Hi", config) == tiny_model.chat(tokenizer, None, "Hi", config)
+
+
+def test_left_pad():
+    ids, mask = left_pad([[1, 2, 3], [4]], pad=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+
+
+def test_session_equals_recompute_and_reuses_the_cache(tiny_model, tokenizer):
+    image = Image.new("RGB", (200, 90), (200, 30, 30))
+    questions = ["What is this?", "And its colour?", "Tell me more about it, please.", "Thanks."]
+    session = ChatSession(tiny_model, tokenizer, generation=GREEDY)
+    replies = [session.ask(q, images=[image] if i == 0 else []) for i, q in enumerate(questions)]
+    assert session.stats["images_encoded"] == 1
+    assert session.stats["reused_tokens"] > 3 * tiny_model.num_image_token  # the image block is never re-fed
+
+    pixels = preprocess(image, tiny_model.image_settings)
+    history = None
+    for question, reply in zip(questions, replies):
+        expected, history = tiny_model.chat(tokenizer, pixels, question, GREEDY, history=history, return_history=True)
+        assert reply == expected
+    assert session.history == history
+
+
+def test_session_image_added_mid_conversation(tiny_model, tokenizer):
+    a, b = Image.new("RGB", (60, 60), "red"), Image.new("RGB", (120, 60), "blue")
+    session = ChatSession(tiny_model, tokenizer, generation=GREEDY)
+    session.ask("Look.", images=[a])
+    reply = session.ask("And this one?", images=[b])
+    assert session.history[1][0].startswith("Image-2: <image>\n")
+    pixels = torch.cat([preprocess(a, tiny_model.image_settings), preprocess(b, tiny_model.image_settings)])
+    expected = tiny_model.chat(tokenizer, pixels, session.history[1][0], GREEDY,
+                               history=session.history[:1], num_patches_list=session.num_patches_list)
+    assert reply == expected
+
+
+def test_session_beam_search_and_reset(tiny_model, tokenizer):
+    session = ChatSession(tiny_model, tokenizer)
+    reply = session.ask("Hi", generation=dict(max_new_tokens=6, num_beams=2))
+    assert reply == tiny_model.chat(tokenizer, None, "Hi", dict(max_new_tokens=6, num_beams=2))
+    session.reset()
+    assert session.history == [] and session.num_patches_list == []
