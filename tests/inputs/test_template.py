@@ -293,7 +293,6 @@ def test_tokenizer_without_image_tokens_is_a_config_error():
      r"messages\[1\].*expected role 'assistant'"),
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}],
      r"messages\[1\].*system message may only come first"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}], "empty"),
     ([{"role": "user", "content": None}], "must be a str"),
 ])
 def test_bad_messages_are_input_errors(tok, messages, match):
@@ -327,3 +326,13 @@ def test_add_image_placeholder_follows_upstream_rule():
     assert add_image_placeholder("Look: <image> what?", 1) == "Look: <image> what?"
     assert add_image_placeholder("Hi", 0) == "Hi"
     assert add_image_placeholder("Two?", 2) == "<image>\nTwo?"  # one, as upstream
+
+
+def test_empty_reply_keeps_its_end_token(tokenizer):
+    template = get_template("internlm2-chat")
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""},
+                {"role": "user", "content": "b"}]
+    out = render(tokenizer, template, messages, add_generation_prompt=True)
+    assert "<|im_start|>assistant\n<|im_end|><|im_start|>user\nb<|im_end|>" in out.text
+    labelled = [t for t, l in zip(out.input_ids, out.labels) if l != IGNORE_INDEX]
+    assert tokenizer.decode(labelled) == "<|im_end|>"

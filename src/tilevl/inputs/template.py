@@ -228,7 +228,7 @@ def render(
     Returns:
         `Rendered(input_ids, labels, text, image_spans)`.
     Raises:
-        InputError: bad roles or order, vision tokens typed in a message, an empty reply,
+        InputError: bad roles or order, vision tokens typed in a message,
             or a placeholder count that differs from len(num_patches_list).
         ConfigError: the tokenizer lacks an image token.
     """
@@ -315,10 +315,8 @@ def _split_messages(
         expected = "user" if len(turns) % 2 == 0 else "assistant"
         if role != expected:
             raise InputError(f"{where}: expected role {expected!r}, got {role!r}")
-        if role == "assistant" and not content:
-            # Upstream treats an empty message as "generate here", which mid-conversation
-            # would leave a role prefix with no end token.
-            raise InputError(f"{where}: assistant content is empty")
+        # An empty reply (a model may answer with its end token at once) is rendered as
+        # role + end token; upstream would drop the end token and garble the next turn.
         turns.append((role, content))
     if not turns:
         raise InputError("messages hold no user turn")

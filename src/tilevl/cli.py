@@ -1,0 +1,228 @@
+"""The `tilevl` command: one entry point, one subcommand per job, each a plain function.
+
+`tilevl demo`, `tilevl chat MODEL`, `tilevl convert SRC OUT`, `tilevl info MODEL`.
+Errors that are the user's (bad file, bad flag) print one line and exit 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tilevl.errors import TilevlError
+
+
+# ---- subcommands ------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the tiny model, tile an image, run a forward pass and a short greedy chat."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from tilevl.checkpoint.tokenizer import IMG_CONTEXT_TOKEN, build_bpe_tokenizer
+    from tilevl.inputs.image import preprocess
+    from tilevl.model.vlm import build_model
+
+    t0 = time.perf_counter()
+    tokenizer = build_bpe_tokenizer(vocab_size=400)
+    model = build_model(args.preset, seed=0)
+    model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"built preset {args.preset!r}: {n_params:,} parameters in {time.perf_counter() - t0:.2f} s "
+          f"(random weights: the answers below are noise until a trained model is loaded)")
+
+    image = Image.new("RGB", (640, 240), "white")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((40, 40, 200, 200), fill="red")
+    draw.rectangle((300, 60, 600, 180), fill="blue")
+    t0 = time.perf_counter()
+    pixels = preprocess(image, model.image_settings)
+    print(f"tiled a 640x240 image into {tuple(pixels.shape)} (tiles, channels, height, width) "
+          f"in {1000 * (time.perf_counter() - t0):.1f} ms")
+
+    question = "<image>\nWhat shapes are in the picture?"
+    from tilevl.chat.engine import prepare_chat_prompt
+
+    ids, _ = prepare_chat_prompt(model, tokenizer, question, None, [pixels.shape[0]])
+    input_ids = torch.tensor([ids])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = model(input_ids, pixels).logits
+    print(f"forward: input_ids {tuple(input_ids.shape)} with {pixels.shape[0] * model.num_image_token} "
+          f"visual tokens -> logits {tuple(logits.shape)} in {1000 * (time.perf_counter() - t0):.1f} ms")
+    t0 = time.perf_counter()
+    reply = model.chat(tokenizer, pixels, question, dict(max_new_tokens=16, do_sample=False))
+    print(f"greedy chat (16 new tokens) in {1000 * (time.perf_counter() - t0):.1f} ms: {reply!r}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """One-shot answer when PROMPT is given, else an interactive multi-turn REPL."""
+    from tilevl.chat.session import ChatSession
+    from tilevl.resolve import open_model
+
+    model, tokenizer = open_model(args.model, dtype=args.dtype, device=args.device)
+    generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                      temperature=args.temperature or None, top_p=args.top_p, stop=tuple(args.stop or ()))
+    session = ChatSession(model, tokenizer, max_tiles=args.max_tiles, generation=generation)
+    images = list(args.image or [])
+    prefix = ""
+    if args.video:
+        from tilevl.inputs.video import load_video, video_prompt
+
+        settings = model.image_settings
+        frames, patches = load_video(args.video, num_segments=args.frames, image_size=settings.image_size,
+                                     max_num=1, use_thumbnail=settings.use_thumbnail)
+        images += list(frames.split(patches))
+        prefix = video_prompt(len(patches))
+    if args.prompt:
+        _stream_turn(session, prefix + " ".join(args.prompt), images)
+        return 0
+    print("tilevl chat: type a message; /image PATH adds an image, /reset starts over, /quit ends.")
+    pending = images
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            session.reset()
+            pending, prefix = [], ""
+            print("(conversation cleared)")
+            continue
+        if line.startswith("/image "):
+            pending.append(line[len("/image "):].strip())
+            print(f"(image queued for your next message: {pending[-1]})")
+            continue
+        try:
+            _stream_turn(session, prefix + line, pending)
+        except TilevlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        pending, prefix = [], ""
+
+
+def _stream_turn(session, question: str, images) -> str:
+    """Ask and print the reply token by token as it is generated."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(session.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["reply"] = session.ask(question, images=images, streamer=streamer)
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    print("assistant> ", end="", flush=True)
+    for piece in streamer:
+        print(piece, end="", flush=True)
+    thread.join()
+    print()
+    if "error" in result:
+        raise result["error"]
+    return result["reply"]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Rewrite a checkpoint in the official or transformers-native layout."""
+    from tilevl.checkpoint.loader import load_model, save_model
+    from tilevl.checkpoint.tokenizer import load_tokenizer
+    from tilevl.resolve import parse_dtype
+
+    model = load_model(args.src, dtype=parse_dtype(args.dtype))
+    tokenizer = load_tokenizer(args.src, require_vision_tokens=False) if _has_tokenizer(args.src) else None
+    out = save_model(model, args.out, layout=args.layout, max_shard_size=args.max_shard_size,
+                     tokenizer=tokenizer, overwrite=args.overwrite)
+    print(f"wrote {out} ({args.layout} layout)")
+    return 0
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return any((Path(folder) / name).exists() for name in ("tokenizer.json", "tokenizer.model"))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a checkpoint's or preset's architecture, sizes and preprocessing settings."""
+    from tilevl.checkpoint.loader import read_config
+    from tilevl.config import ModelConfig
+    from tilevl.presets import count_parameters
+
+    if Path(args.model).is_dir():
+        config, layout = read_config(args.model)
+    else:
+        config, layout = ModelConfig.from_name(args.model), "preset"
+    v = config.vision
+    print(f"layout: {layout}")
+    print(f"vision: InternViT {v.num_hidden_layers} layers, width {v.hidden_size}, {v.norm_type}, "
+          f"qk_norm={v.qk_normalization}, {config.image_size}px tiles of {config.num_image_token} tokens")
+    print(f"llm: {config.llm_architecture}, {config.num_llm_layers} layers, width {config.llm_hidden_size}")
+    print(f"template: {config.template}; ps_version {config.ps_version}; select_layer {config.select_layer}")
+    print(f"tiling: dynamic={config.dynamic_image_size}, tiles {config.min_dynamic_patch}-"
+          f"{config.max_dynamic_patch}, thumbnail={config.use_thumbnail}")
+    print(f"parameters: {count_parameters(config.to_dict()):,}")
+    return 0
+
+
+# ---- argument parsing ---------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tilevl", description="InternVL models end to end.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="build a small model and run it once (shapes, timing, a chat)")
+    p.add_argument("--preset", default="tiny")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("chat", help="chat with a model (one-shot with PROMPT, else interactive)")
+    p.add_argument("model", help="checkpoint folder or preset name")
+    p.add_argument("prompt", nargs="*", help="the question; omit for an interactive session")
+    p.add_argument("--image", action="append", help="an image (repeatable)")
+    p.add_argument("--video", help="a video file (frames sampled as in the seeds)")
+    p.add_argument("--frames", type=int, default=8, help="frames sampled from --video")
+    p.add_argument("--max-tiles", type=int, default=None, help="max tiles per image (default: the checkpoint's)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: as stored)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("convert", help="rewrite a checkpoint in another layout")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--layout", choices=("official", "native"), default="native")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="describe a checkpoint or preset")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TilevlError as exc:
+        print(f"tilevl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

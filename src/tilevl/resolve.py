@@ -1,0 +1,61 @@
+"""Turn what a user typed as MODEL (a folder or a preset name) into a model and tokenizer.
+
+A folder is loaded as a checkpoint; a preset name builds random weights with a small
+byte-level tokenizer, which is only good for smoke tests and benchmarks (we say so).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from tilevl.errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """'bf16' → torch.bfloat16 …; None or 'auto' keeps the checkpoint's dtype."""
+    if name in (None, "auto"):
+        return None
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)} or 'auto'") from None
+
+
+def open_model(spec: str, *, dtype: str | None = None, device: str = "cpu", quiet: bool = False):
+    """Load MODEL for the CLI, the server and the evaluation runner.
+
+    Args:
+        spec: a checkpoint folder (official or transformers-native layout) or a preset name.
+        dtype: "bf16", "fp16", "fp32" or None (keep the stored dtype).
+        device: "cpu", "cuda", "cuda:1" …
+    Returns:
+        (model, tokenizer).
+    """
+    from tilevl.checkpoint.loader import load_model
+    from tilevl.checkpoint.tokenizer import build_bpe_tokenizer, img_context_token_id, load_tokenizer
+    from tilevl.model.vlm import build_model
+    from tilevl.presets import preset_names
+
+    torch_dtype = parse_dtype(dtype)
+    path = Path(spec)
+    if path.is_dir():
+        model = load_model(path, dtype=torch_dtype, device=device)
+        tokenizer = load_tokenizer(path)
+    elif spec.lower() in preset_names():
+        if not quiet:
+            print(f"[tilevl] {spec}: a preset, not a checkpoint: random weights and a small "
+                  "tokenizer (replies are noise; for smoke tests and timings only)", file=sys.stderr)
+        model = build_model(spec, device=device, dtype=torch_dtype)
+        tokenizer = build_bpe_tokenizer(vocab_size=min(model.config.llm["vocab_size"], 1024))
+    else:
+        raise ConfigError(f"MODEL {spec!r} is neither a checkpoint folder nor a preset "
+                          f"({', '.join(preset_names())})")
+    if model.img_context_token_id is None:
+        model.img_context_token_id = img_context_token_id(tokenizer)
+    return model, tokenizer
