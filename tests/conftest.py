@@ -27,3 +27,13 @@ def tiny_model(tokenizer):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skip them, saying why, on machines without one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible); the CPU tests cover the same code")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
