@@ -188,3 +188,9 @@ def test_eight_bit_needs_a_gpu(saved):
         pytest.skip("this checks the CPU error")
     with pytest.raises(tilevl.CheckpointError, match="CUDA"):
         tilevl.load_model(saved, load_in_8bit=True)
+
+
+def test_corrupt_safetensors_is_named(saved):
+    (saved / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(tilevl.CheckpointError, match="model.safetensors: cannot read safetensors"):
+        tilevl.load_model(saved)

@@ -74,9 +74,9 @@ def iter_tensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor, Pat
             with safe_open(file, framework="pt") as reader:
                 for key in reader.keys():
                     yield key, reader.get_tensor(key), file
-        except (OSError, RuntimeError, Exception) as exc:  # safetensors raises its own types
-            if isinstance(exc, CheckpointError):
-                raise
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for broken files
             raise CheckpointError(f"{file}: cannot read safetensors ({exc})") from None
 
 

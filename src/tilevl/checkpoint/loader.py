@@ -85,9 +85,10 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor, dtype, device, whe
         module = model.get_submodule(module_name)
     except AttributeError:
         module = None
-    slot = None if module is None else (module._parameters.get(leaf) if leaf in module._parameters else module._buffers.get(leaf))
     if module is None or (leaf not in module._parameters and leaf not in module._buffers):
         raise CheckpointError(f"{where}: unexpected key {key!r} (the model has no such weight)")
+    is_param = leaf in module._parameters
+    slot = module._parameters[leaf] if is_param else module._buffers[leaf]
     if slot is not None and tuple(slot.shape) != tuple(tensor.shape):
         raise CheckpointError(
             f"{where}: shape mismatch for {key!r}: checkpoint {tuple(tensor.shape)}, "
@@ -96,7 +97,7 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor, dtype, device, whe
     if tensor.is_floating_point() and dtype is not None:
         tensor = tensor.to(dtype)
     tensor = tensor.to(device)
-    if leaf in module._parameters:
+    if is_param:
         module._parameters[leaf] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
     else:
         module._buffers[leaf] = tensor
