@@ -12,9 +12,12 @@ from tilevl.inputs.video import video_prompt
 path = sys.argv[1] if len(sys.argv) > 1 else "runs/tiny-checkpoint"
 video_path = sys.argv[2] if len(sys.argv) > 2 else "runs/example-clip.mp4"
 if len(sys.argv) <= 2:  # draw a 2-second clip of a square moving right
+    import os
+
     import av
     import numpy as np
 
+    os.makedirs(os.path.dirname(video_path) or ".", exist_ok=True)
     with av.open(video_path, "w") as container:
         stream = container.add_stream("mpeg4", rate=15)
         stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"

@@ -34,7 +34,8 @@ def test_example_runs(name, checkpoint, capsys):
     assert out.strip(), f"{name} printed nothing"
 
 
-def test_video_example_runs(checkpoint, tmp_path, capsys):
+def test_video_example_runs(checkpoint, tmp_path, capsys, monkeypatch):
     pytest.importorskip("av")
+    monkeypatch.chdir(tmp_path)  # it writes runs/example-clip.mp4 here
     _run("chat_video.py", str(checkpoint))
     assert "Frame8: <image>" in capsys.readouterr().out
