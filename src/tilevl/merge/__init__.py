@@ -1,0 +1,35 @@
+"""Model merging: TIES, DARE, task arithmetic over task vectors; LoRA folding and merging.
+
+`merge_adapters` is MMAlaya2's recipe (N LoRAs of one base merged with TIES), streamed module by module.
+"""
+
+from tilevl.merge.lora import (
+    Adapter,
+    LoraModule,
+    adapter_deltas,
+    fold_adapter,
+    low_rank_factors,
+    merge_adapters,
+    merge_checkpoints,
+    merge_lora_into_checkpoint,
+    module_delta,
+    read_adapter,
+)
+from tilevl.merge.methods import (
+    METHODS,
+    drop_at_random,
+    merge_dare,
+    merge_deltas,
+    merge_linear,
+    merge_magnitude_prune,
+    merge_task_arithmetic,
+    merge_ties,
+    trim_by_magnitude,
+)
+
+__all__ = [
+    "METHODS", "Adapter", "LoraModule", "adapter_deltas", "drop_at_random", "fold_adapter",
+    "low_rank_factors", "merge_adapters", "merge_checkpoints", "merge_dare", "merge_deltas",
+    "merge_linear", "merge_lora_into_checkpoint", "merge_magnitude_prune", "merge_task_arithmetic",
+    "merge_ties", "module_delta", "read_adapter", "trim_by_magnitude",
+]
