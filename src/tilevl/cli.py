@@ -1,6 +1,7 @@
 """The `tilevl` command: one entry point, one subcommand per job, each a plain function.
 
-`tilevl demo`, `tilevl chat MODEL`, `tilevl convert SRC OUT`, `tilevl info MODEL`.
+`tilevl demo`, `chat MODEL`, `convert SRC OUT`, `info MODEL`; the feature packages add
+theirs (`merge-lora`, `merge`, …) through their `commands.py`.
 Errors that are the user's (bad file, bad flag) print one line and exit 2, no traceback.
 """
 
@@ -210,11 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a checkpoint or preset")
     p.add_argument("model")
     p.set_defaults(func=cmd_info)
+
+    # Each feature package owns its subcommands' arguments.
+    from tilevl.merge.commands import add_merge_parsers
+
+    add_merge_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse cannot take a positional PROMPT after options ("chat M --image x What?"): the
+    # words it leaves over are the prompt, unless one looks like an option.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "chat" or any(word.startswith("-") for word in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.prompt = [*args.prompt, *extra]
     try:
         return args.func(args)
     except TilevlError as exc:

@@ -1,0 +1,91 @@
+"""The `tilevl` command: each subcommand through `main([...])`, and its user-facing errors."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+import torch
+
+import tilevl
+from tilevl.checkpoint.tokenizer import img_context_token_id
+from tilevl.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer):
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    model = tilevl.build_model("tiny", seed=0)
+    model.img_context_token_id = img_context_token_id(tokenizer)
+    tilevl.save_model(model, out, tokenizer=tokenizer)
+    return out
+
+
+def test_demo_prints_shapes_and_timing(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "tiled a 640x240 image into (4, 3, 56, 56)" in out
+    assert "logits (1," in out and "greedy chat" in out
+
+
+def test_info_of_a_preset_and_a_folder(capsys, checkpoint):
+    assert main(["info", "internvl-chat-v1-5"]) == 0
+    out = capsys.readouterr().out
+    assert "45 layers" in out and "25,514,186,112" in out and "internlm2-chat" in out
+    assert main(["info", str(checkpoint)]) == 0
+    assert "layout: official" in capsys.readouterr().out
+
+
+def test_chat_one_shot_with_an_image(capsys, checkpoint, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (100, 60), "red").save(tmp_path / "red.png")
+    args = ["chat", str(checkpoint), "--image", str(tmp_path / "red.png"), "--max-new-tokens", "5", "What is this?"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("assistant> ")
+
+
+def test_chat_repl(monkeypatch, capsys, checkpoint, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (60, 60), "blue").save(tmp_path / "b.png")
+    lines = iter(["Hello", f"/image {tmp_path / 'b.png'}", "What is it?", "/reset", "Hi again", "/quit"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(lines))
+    assert main(["chat", str(checkpoint), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("assistant> ") == 3 and "(conversation cleared)" in out and "image queued" in out
+
+
+def test_convert_to_native_and_back(tmp_path, checkpoint):
+    assert main(["convert", str(checkpoint), str(tmp_path / "native"), "--layout", "native"]) == 0
+    assert json.loads((tmp_path / "native" / "config.json").read_text())["architectures"] == ["InternVLForConditionalGeneration"]
+    assert (tmp_path / "native" / "tokenizer.json").exists()
+    assert main(["convert", str(tmp_path / "native"), str(tmp_path / "back"), "--layout", "official"]) == 0
+    a, b = tilevl.load_model(checkpoint), tilevl.load_model(tmp_path / "back")
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), name
+
+
+def test_merge_lora_command(tmp_path, checkpoint):
+    peft = pytest.importorskip("peft")
+    model = tilevl.load_model(checkpoint)
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    wrapped.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = wrapped(input_ids=ids).logits
+    assert main(["merge-lora", str(checkpoint), str(tmp_path / "adapter"), str(tmp_path / "merged")]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(tilevl.load_model(tmp_path / "merged")(ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_user_errors_exit_2_with_one_line(capsys, tmp_path):
+    assert main(["chat", str(tmp_path / "missing"), "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tilevl chat: error:") and "neither a checkpoint folder nor a preset" in err
+    assert "Traceback" not in err
