@@ -1,7 +1,8 @@
 """The `tilevl` command: one entry point, one subcommand per job, each a plain function.
 
 `tilevl demo`, `chat MODEL`, `convert SRC OUT`, `info MODEL`; the feature packages add
-theirs (`merge-lora`, `merge`, …) through their `commands.py`.
+theirs (`eval`, `eval-score`, `eval-compare`, `merge-lora`, `merge`, …) through their
+`commands.py`.
 Errors that are the user's (bad file, bad flag) print one line and exit 2, no traceback.
 """
 
@@ -213,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     # Each feature package owns its subcommands' arguments.
+    from tilevl.eval.commands import add_eval_parsers
     from tilevl.merge.commands import add_merge_parsers
 
+    add_eval_parsers(sub)
     add_merge_parsers(sub)
     return parser
 
