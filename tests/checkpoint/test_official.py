@@ -194,3 +194,15 @@ def test_corrupt_safetensors_is_named(saved):
     (saved / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(tilevl.CheckpointError, match="model.safetensors: cannot read safetensors"):
         tilevl.load_model(saved)
+
+
+def test_saved_folder_has_the_usual_permissions(tmp_path, tiny_model):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        out = tilevl.save_model(tiny_model, tmp_path / "m")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755

@@ -176,6 +176,10 @@ class AtomicFolder:
                 raise CheckpointError(f"{self.target}: exists and is not empty (pass overwrite=True)")
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=self.target.name + ".tmp-", dir=self.target.parent))
+        # mkdtemp makes the folder 0700; the checkpoint should get the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
