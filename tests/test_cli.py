@@ -89,3 +89,16 @@ def test_user_errors_exit_2_with_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("tilevl chat: error:") and "neither a checkpoint folder nor a preset" in err
     assert "Traceback" not in err
+
+
+def test_minibench_generate_then_eval_on_it(tmp_path, capsys, checkpoint):
+    """The pipeline a user runs: generate MiniBench, evaluate a model on its dev MCQ."""
+    assert main(["minibench", "generate", str(tmp_path / "mb"), "--size", "40", "--seed", "3", "--no-progress"]) == 0
+    assert (tmp_path / "mb" / "dev" / "mcq.tsv").exists()
+    assert main(["minibench", "categories"]) == 0
+    assert "object_counting" in capsys.readouterr().out
+    args = ["eval", str(checkpoint), "--bench", "minibench", "--data", str(tmp_path / "mb" / "dev" / "mcq.tsv"),
+            "--out", str(tmp_path / "ev"), "--batch-size", "4", "--max-new-tokens", "3", "--no-progress"]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert "accuracy" in json.dumps(results) and "circular" in json.dumps(results).lower()

@@ -1,7 +1,7 @@
 """The `tilevl` command: one entry point, one subcommand per job, each a plain function.
 
 `tilevl demo`, `chat MODEL`, `convert SRC OUT`, `info MODEL`; the feature packages add
-theirs (`eval`, `eval-score`, `eval-compare`, `merge-lora`, `merge`, …) through their
+theirs (`minibench`, `train`, `eval`, `eval-score`, `eval-compare`, `merge-lora`, `merge`, …) through their
 `commands.py`.
 Errors that are the user's (bad file, bad flag) print one line and exit 2, no traceback.
 """
@@ -216,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Each feature package owns its subcommands' arguments.
     from tilevl.eval.commands import add_eval_parsers
     from tilevl.merge.commands import add_merge_parsers
+    from tilevl.minibench.commands import add_minibench_parsers
+    from tilevl.train.commands import add_train_parsers
 
+    add_minibench_parsers(sub)
+    add_train_parsers(sub)
     add_eval_parsers(sub)
     add_merge_parsers(sub)
     return parser

@@ -1,0 +1,137 @@
+"""Record layouts of MiniBench's files: MMBench TSV rows with circular copies, the prompts
+InternVL uses, and the meta-JSON + conversation records of the training split."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+
+from tilevl.minibench.items import LETTERS
+
+TSV_COLUMNS = ("index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category",
+               "l2-category", "split", "difficulty")
+CIRCULAR_STRIDE = 1_000_000  # MMBench's convention: copy k of item i has index i + k * stride
+
+# InternVL's evaluation prompts (internvl_chat/eval/*): MMBench-style multiple choice, short
+# VQA and POPE, and the RefCOCO grounding question.
+MCQ_PROMPT = "Answer with the option's letter from the given choices directly."
+VQA_PROMPT = "Answer the question using a single word or phrase."
+GROUNDING_QUESTION = ("Please provide the bounding box coordinate of the region this sentence "
+                      "describes: <ref>{}</ref>")
+CAPTION_PROMPTS = ("Describe this image briefly.", "Give a short description of the image.",
+                   "What is in this picture? Answer in one sentence.")
+
+
+def rotate_options(options: Sequence[str], answer: int, k: int) -> tuple[list[str], int]:
+    """Circular copy k: option j shows what option (j + k) mod n showed.
+
+    Args:
+        options: the n options of the base item.
+        answer: index of the right option in `options`.
+        k: how many places to rotate, 0 ≤ k < n.
+    Returns:
+        (rotated options, index of the right option among them).
+    """
+    n = len(options)
+    return [options[(j + k) % n] for j in range(n)], (answer - k) % n
+
+
+def mcq_rows(base_index: int, image_b64: str, question: str, hint: str, options: Sequence[str],
+             answer: int, category: str, l2: str, split: str, difficulty: str) -> list[dict]:
+    """The TSV rows of one item: the base row, then one circular copy per extra option.
+
+    2- and 3-option items rotate over their own options and leave the unused columns empty.
+
+    Returns:
+        len(options) rows keyed by TSV_COLUMNS.
+    """
+    rows = []
+    for k in range(len(options)):
+        opts, ans = rotate_options(options, answer, k)
+        row = {"index": base_index + k * CIRCULAR_STRIDE, "image": image_b64, "question": question,
+               "hint": hint, "answer": LETTERS[ans], "category": category, "l2-category": l2,
+               "split": split, "difficulty": difficulty}
+        row.update({LETTERS[j]: (opts[j] if j < len(opts) else "") for j in range(4)})
+        rows.append(row)
+    return rows
+
+
+def tsv_text(rows: Iterable[Mapping]) -> str:
+    """Rows as tab-separated text with a header; fields never hold tabs or newlines."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=TSV_COLUMNS, delimiter="\t", lineterminator="\n",
+                            quoting=csv.QUOTE_MINIMAL)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def read_tsv(path) -> list[dict]:
+    """Read a MiniBench (or MMBench) TSV into dicts of strings, without pandas."""
+    csv.field_size_limit(1 << 30)  # base64 images are longer than csv's 128 KiB default
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def jsonl_text(records: Iterable[Mapping]) -> str:
+    """One compact JSON object per line, keys in insertion order (stable bytes)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def mmbench_prompt(question: str, hint: str, options: Sequence[str]) -> str:
+    """InternVL's MMBench prompt: hint, question, "A. …" lines, then the answer instruction."""
+    text = f"{hint}\n{question}" if hint else question
+    for letter, option in zip(LETTERS, options):
+        text += f"\n{letter}. {option}"
+    return f"{text}\n{MCQ_PROMPT}"
+
+
+def vqa_prompt(question: str) -> str:
+    """InternVL's short-answer VQA prompt (also used for POPE)."""
+    return f"{question}\n{VQA_PROMPT}"
+
+
+def norm_box(box: Sequence[int], width: int, height: int) -> list[int]:
+    """A pixel box as InternVL's 0–1000 integer coordinates."""
+    x1, y1, x2, y2 = box
+    scale = (1000 / width, 1000 / height, 1000 / width, 1000 / height)
+    return [min(1000, max(0, round(v * s))) for v, s in zip((x1, y1, x2, y2), scale)]
+
+
+def grounding_answer(ref: str, box_norm: Sequence[int]) -> str:
+    """The reply InternVL is trained to give for a grounding question."""
+    x1, y1, x2, y2 = box_norm
+    return f"<ref>{ref}</ref><box>[[{x1}, {y1}, {x2}, {y2}]]</box>"
+
+
+def conversation(record_id: str, image: str, width: int, height: int,
+                 turns: Sequence[tuple[str, str]]) -> dict:
+    """A training record; the first human turn starts with the `<image>` placeholder.
+
+    Args:
+        record_id: a unique id.
+        image: the file name relative to the meta entry's root.
+        width, height: the image size in pixels.
+        turns: (human text, gpt text) pairs.
+    Returns:
+        {"id", "image", "width", "height", "conversations": [...]}.
+    """
+    convs = []
+    for i, (human, gpt) in enumerate(turns):
+        convs.append({"from": "human", "value": f"<image>\n{human}" if i == 0 else human})
+        convs.append({"from": "gpt", "value": gpt})
+    return {"id": record_id, "image": image, "width": width, "height": height,
+            "conversations": convs}
+
+
+def meta_json(name: str, annotation: str, length: int, root: str = "images/") -> dict:
+    """The meta-JSON entry InternVL's fine-tuning reads (`--meta_path`).
+
+    `root` is relative to the folder holding meta.json; a loader that resolves it against
+    the working directory needs to be run from there, or the entry rewritten to absolute.
+    """
+    return {name: {"root": root, "annotation": annotation, "data_augment": False,
+                   "repeat_time": 1, "length": length}}
