@@ -1,0 +1,231 @@
+"""Training runs of the `tiny` model on CPU: it learns, resumes exactly, and runs on 2 processes.
+
+Every run is seconds long; the data is 8 generated solid-colour images (tests/train/_colours.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from tests.train._colours import CONFIG, COLOURS, answers, write_colour_set, write_text_set
+from tilevl.errors import ConfigError, MissingDependencyError
+from tilevl.optional import is_available
+from tilevl.train.args import load_train_config
+from tilevl.train.sft import COMPLETE_MARKER, SUMMARY_FILE, find_resume_checkpoint, train
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two cores shared with other jobs: one intra-op thread is several times faster here.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def colour_meta(tmp_path_factory) -> Path:
+    return write_colour_set(tmp_path_factory.mktemp("colours"))
+
+
+@pytest.fixture(scope="module")
+def text_pretrained(tmp_path_factory) -> Path:
+    """The tiny model after full fine-tuning on text only: it knows the colour words.
+
+    LoRA cannot rescale a random LM head, so the LoRA runs start from this "pretrained"
+    model, as a real 2nd fine-tune starts from a trained checkpoint. Text-only batches
+    (pixel_values None, vision tower skipped) are exercised here too.
+    """
+    root = tmp_path_factory.mktemp("pretrain")
+    torch.set_num_threads(1)
+    result = run(write_text_set(root), root / "out", max_steps=60)
+    assert result.last_loss < 0.3
+    return result.model_dir
+
+
+def run(meta: Path, out: Path, callbacks=(), **values):
+    """One training run of configs/tiny_cpu.yaml with the given fields replaced."""
+    config = load_train_config(CONFIG, meta_path=str(meta), output_dir=str(out), **values)
+    return train(config, callbacks=callbacks)
+
+
+def losses(result) -> list[float]:
+    return [e["loss"] for e in result.log_history if "loss" in e]
+
+
+class StopAt(TrainerCallback):
+    """Stops training after `step` optimizer steps, as a crash or a pre-empted job would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+class LogitsAtEnd(TrainerCallback):
+    """Records the trained model's logits on fixed inputs when training ends."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch, self.logits = batch, None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            self.logits = model(**self.batch).logits
+
+
+def test_full_finetune_learns_colours(colour_meta, tmp_path):
+    import tilevl
+
+    result = run(colour_meta, tmp_path / "out", max_steps=50)
+    assert losses(result)[0] > 5 and result.last_loss < 0.1
+    tokenizer = tilevl.load_tokenizer(result.model_dir)
+    assert answers(result.model, tokenizer) == {name: name for name in COLOURS}
+    # The saved checkpoint (official layout + tokenizer) answers the same.
+    reloaded = tilevl.load_model(result.model_dir)
+    assert answers(reloaded, tokenizer) == {name: name for name in COLOURS}
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["global_step"] == 50 and summary["trainable_parameters"] > 0
+
+
+def test_lora_learns_colours(colour_meta, text_pretrained, tmp_path):
+    import tilevl
+
+    result = run(colour_meta, tmp_path / "out", model=str(text_pretrained), use_llm_lora=16,
+                 use_backbone_lora=16, freeze_llm=True, freeze_backbone=True, lora_dropout=0.0,
+                 learning_rate=1e-2, max_steps=80)
+    assert result.last_loss < 0.3
+    assert (result.adapter_dir / "adapter_config.json").exists()
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    tokenizer = tilevl.load_tokenizer(result.model_dir)
+    assert answers(result.model, tokenizer) == {name: name for name in COLOURS}
+
+
+def test_lora_adapter_loads_in_peft_with_the_same_logits(colour_meta, text_pretrained, tmp_path):
+    peft = pytest.importorskip("peft")
+    import tilevl
+    from tilevl.data.collate import pad_collate
+    from tilevl.data.dataset import SFTDataset
+
+    base = tilevl.load_model(text_pretrained)
+    tokenizer = tilevl.load_tokenizer(text_pretrained)
+    dataset = SFTDataset(colour_meta, tokenizer, base.config.replace(max_dynamic_patch=1))
+    batch = pad_collate([dataset[i] for i in range(3)], pad_token_id=0)
+    probe = LogitsAtEnd(batch)
+    result = run(colour_meta, tmp_path / "out", callbacks=[probe], model=str(text_pretrained),
+                 use_llm_lora=8, use_backbone_lora=4, freeze_llm=True, freeze_backbone=True,
+                 freeze_mlp=True, learning_rate=1e-2, max_steps=3)
+    loaded = peft.PeftModel.from_pretrained(base, str(result.adapter_dir)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, probe.logits, rtol=0, atol=1e-5)
+        # The folded checkpoint gives them too.
+        merged = tilevl.load_model(result.model_dir)
+        torch.testing.assert_close(merged(**batch).logits, probe.logits, rtol=0, atol=1e-5)
+    config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 16 and config["peft_type"] == "LORA"
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_resume_continues_exactly(colour_meta, tmp_path, mode):
+    # Cosine schedule with warm-up, stochastic depth and LoRA dropout: the schedule, optimizer,
+    # data order and RNG state all have to come back for the losses to match. The LoRA run
+    # also trains the projector, which the checkpoint keeps beside the adapter.
+    common = dict(max_steps=8, save_steps=4, per_device_train_batch_size=4,
+                  lr_scheduler_type="cosine", warmup_ratio=0.2, drop_path_rate=0.2)
+    if mode == "lora":
+        common.update(use_llm_lora=4, use_backbone_lora=4, freeze_llm=True, freeze_backbone=True,
+                      lora_dropout=0.1)
+    whole = run(colour_meta, tmp_path / "whole", **common)
+    first = run(colour_meta, tmp_path / "split", callbacks=[StopAt(4)], **common)
+    assert first.global_step == 4
+    assert find_resume_checkpoint(tmp_path / "split").name == "checkpoint-4"
+    second = run(colour_meta, tmp_path / "split", resume=True, **common)
+    assert second.global_step == 8
+    assert abs(second.last_loss - whole.last_loss) <= 1e-5
+    assert losses(second)[-4:] == pytest.approx(losses(whole)[-4:], abs=1e-5)
+    assert not list((tmp_path / "split").glob(".staging-*"))
+    assert (tmp_path / "split" / "checkpoint-8" / COMPLETE_MARKER).exists()
+    if mode == "lora":
+        assert (tmp_path / "split" / "checkpoint-4" / "trainable_base.safetensors").exists()
+
+
+def test_two_processes_match_one(colour_meta, tmp_path):
+    common = ["--max_steps", "3", "--save_steps", "3", "--meta_path", str(colour_meta)]
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", "2", "-m", "tilevl.train.sft", str(CONFIG), *common,
+           "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / SUMMARY_FILE).read_text())
+    assert ddp["world_size"] == 2 and ddp["global_step"] == 3
+    assert (tmp_path / "ddp" / "model" / "config.json").exists()
+    single = run(colour_meta, tmp_path / "one", max_steps=3, save_steps=3,
+                 per_device_train_batch_size=8)
+    ddp_losses = [e["loss"] for e in ddp["log_history"] if "loss" in e]
+    assert ddp_losses == pytest.approx(losses(single), abs=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["block_mask", "position_ids"])
+def test_packed_mixed_text_and_image_batches(tmp_path, attention):
+    text = json.dumps({"conversations": [{"from": "human", "value": "Say hi."},
+                                         {"from": "gpt", "value": "hi"}]})
+    bad = json.dumps({"image": "images/missing.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]})
+    meta = write_colour_set(tmp_path / "data", extra_lines=[text, text, bad])
+    result = run(meta, tmp_path / "out", max_steps=2, pack_to_tokens=600,
+                 pack_attention=attention, grad_checkpoint=True)
+    assert result.global_step == 2 and all(math.isfinite(x) for x in losses(result))
+
+
+def test_group_by_length_from_the_command_line(colour_meta, tmp_path, capsys):
+    import argparse
+
+    from tilevl.train.commands import add_train_parsers
+
+    parser = argparse.ArgumentParser(prog="tilevl")
+    add_train_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", str(CONFIG), "--meta_path", str(colour_meta),
+                              "--output_dir", str(tmp_path / "out"), "--group_by_length",
+                              "--per_device_train_batch_size", "3", "--max_steps", "2"])
+    assert args.func(args) == 0
+    err = capsys.readouterr().err
+    assert "trained 2 steps" in err and "SFTDataset: 8 item(s)" in err
+
+
+def test_incomplete_checkpoints_are_not_resumed(tmp_path):
+    for step, complete in ((4, True), (8, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / COMPLETE_MARKER).write_text("{}")
+    (tmp_path / ".staging-checkpoint-12").mkdir()
+    assert find_resume_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert find_resume_checkpoint(tmp_path / "nothing") is None
+
+
+def test_existing_checkpoints_need_resume_or_overwrite(colour_meta, tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / COMPLETE_MARKER).write_text("{}")
+    with pytest.raises(ConfigError, match="--resume"):
+        run(colour_meta, tmp_path)
+
+
+@pytest.mark.skipif(is_available("deepspeed"), reason="deepspeed is installed")
+def test_deepspeed_config_without_deepspeed_names_the_extra(colour_meta, tmp_path):
+    with pytest.raises(MissingDependencyError, match=r"tilevl\[deepspeed\]"):
+        run(colour_meta, tmp_path, deepspeed="configs/deepspeed/zero_stage2_config.json")
