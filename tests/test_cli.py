@@ -44,6 +44,12 @@ def test_chat_one_shot_with_an_image(capsys, checkpoint, tmp_path):
     args = ["chat", str(checkpoint), "--image", str(tmp_path / "red.png"), "--max-new-tokens", "5", "What is this?"]
     assert main(args) == 0
     assert capsys.readouterr().out.startswith("assistant> ")
+    sampled = ["chat", str(checkpoint), "--max-new-tokens", "5", "--temperature", "0.8", "--top-k", "20",
+               "--seed", "1", "--repetition-penalty", "1.2", "Hello"]
+    assert main(sampled) == 0
+    first = capsys.readouterr().out
+    assert main(sampled) == 0 and capsys.readouterr().out == first  # seeded sampling repeats
+    assert main(["chat", str(checkpoint), "--max-new-tokens", "5", "--num-beams", "2", "Hello"]) == 0
 
 
 def test_chat_repl(monkeypatch, capsys, checkpoint, tmp_path):

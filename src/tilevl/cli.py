@@ -67,7 +67,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     model, tokenizer = open_model(args.model, dtype=args.dtype, device=args.device)
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                      temperature=args.temperature or None, top_p=args.top_p, stop=tuple(args.stop or ()))
+                      temperature=args.temperature or None, top_p=args.top_p, top_k=args.top_k,
+                      num_beams=args.num_beams, repetition_penalty=args.repetition_penalty,
+                      stop=tuple(args.stop or ()), seed=args.seed)
     session = ChatSession(model, tokenizer, max_tiles=args.max_tiles, generation=generation)
     images = list(args.image or [])
     prefix = ""
@@ -195,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seeds sampling")
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: as stored)")
     p.add_argument("--device", default="cpu")
