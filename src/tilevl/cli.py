@@ -1,7 +1,8 @@
 """The `tilevl` command: one entry point, one subcommand per job, each a plain function.
 
 `tilevl demo`, `chat MODEL`, `convert SRC OUT`, `info MODEL`; the feature packages add
-theirs (`minibench`, `train`, `eval`, `eval-score`, `eval-compare`, `merge-lora`, `merge`, …) through their
+theirs (`minibench`, `train`, `eval`, `eval-score`, `eval-compare`, `merge-lora`, `merge`,
+`serve`, `web`) through their
 `commands.py`.
 Errors that are the user's (bad file, bad flag) print one line and exit 2, no traceback.
 """
@@ -113,8 +114,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _stream_turn(session, question: str, images) -> str:
-    """Ask and print the reply token by token as it is generated."""
+    """Ask and print the reply token by token as it is generated (whole, for beam search)."""
     from transformers import TextIteratorStreamer
+
+    if session.generation.num_beams > 1:  # transformers cannot stream beams
+        reply = session.ask(question, images=images)
+        print(f"assistant> {reply}")
+        return reply
 
     streamer = TextIteratorStreamer(session.tokenizer, skip_prompt=True, skip_special_tokens=True)
     result: dict = {}
@@ -223,12 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     from tilevl.eval.commands import add_eval_parsers
     from tilevl.merge.commands import add_merge_parsers
     from tilevl.minibench.commands import add_minibench_parsers
+    from tilevl.serve.commands import add_serve_parsers
     from tilevl.train.commands import add_train_parsers
 
     add_minibench_parsers(sub)
     add_train_parsers(sub)
     add_eval_parsers(sub)
     add_merge_parsers(sub)
+    add_serve_parsers(sub)
     return parser
 
 

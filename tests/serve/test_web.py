@@ -1,0 +1,77 @@
+"""The chat page in a real headless browser: Debian's chromium driven by Playwright.
+
+Loads the page, uploads an image, asks, and waits for the streamed reply; then a second
+turn and the clear button. Skips (saying what is missing) without chromium or playwright.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+import pytest
+
+from tests.serve.helpers import make_image
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install playwright)")
+    if not shutil.which("chromium") and not os.path.exists(CHROMIUM):
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    with sync_api.sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        except Exception as exc:  # noqa: BLE001 - a browser that cannot start is a skip, said why
+            pytest.skip(f"chromium at {CHROMIUM} does not start under playwright: {exc}")
+        yield browser
+        browser.close()
+
+
+def test_page_and_static_files_are_served(server):
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "tilevl chat" in page.text
+    for name in ("chat.js", "chat.css"):
+        assert httpx.get(f"{server.url}/static/{name}").status_code == 200
+
+
+def test_upload_ask_and_see_a_streamed_reply(server, browser, tmp_path):
+    image = tmp_path / "shapes.png"
+    make_image(120, 90, seed=3).save(image)
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready=true]", timeout=10_000)
+        assert page.inner_text("[data-testid=model-name]") == "tiny"
+        page.set_input_files("[data-testid=images]", str(image))
+        page.wait_for_selector("[data-testid=previews] img", timeout=5_000)
+        page.fill("[data-testid=max-tokens]", "12")
+        page.fill("[data-testid=max-tiles]", "2")
+        page.fill("[data-testid=prompt]", "What is in the picture?")
+        page.click("[data-testid=send]")
+        page.wait_for_selector(".msg.assistant[data-state=done]", timeout=30_000)
+        user = page.locator(".msg.user").first
+        assert "What is in the picture?" in user.inner_text() and user.locator("img").count() == 1
+        reply = page.locator(".msg.assistant").first.inner_text().strip()
+        assert reply, "the assistant bubble stayed empty"
+        assert "Error" not in reply
+        assert "prompt" in page.inner_text("[data-testid=status]")  # usage arrived in the stream
+
+        # a second turn carries the history (two user turns in the conversation now)
+        page.fill("[data-testid=prompt]", "And the colours?")
+        page.press("[data-testid=prompt]", "Enter")
+        page.wait_for_function("document.querySelectorAll('.msg.assistant[data-state=done]').length == 2",
+                               timeout=30_000)
+        page.click("[data-testid=clear]")
+        assert page.locator(".msg").count() == 0
+        assert not errors, errors
+    finally:
+        page.close()
