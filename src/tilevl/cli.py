@@ -2,7 +2,7 @@
 
 `tilevl demo`, `chat MODEL`, `convert SRC OUT`, `info MODEL`; the feature packages add
 theirs (`minibench`, `train`, `eval`, `eval-score`, `eval-compare`, `merge-lora`, `merge`,
-`serve`, `web`) through their
+`recipe`, `serve`, `web`) through their
 `commands.py`.
 Errors that are the user's (bad file, bad flag) print one line and exit 2, no traceback.
 """
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tilevl.eval.commands import add_eval_parsers
     from tilevl.merge.commands import add_merge_parsers
     from tilevl.minibench.commands import add_minibench_parsers
+    from tilevl.recipes.commands import add_recipe_parsers
     from tilevl.serve.commands import add_serve_parsers
     from tilevl.train.commands import add_train_parsers
 
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parsers(sub)
     add_eval_parsers(sub)
     add_merge_parsers(sub)
+    add_recipe_parsers(sub)
     add_serve_parsers(sub)
     return parser
 

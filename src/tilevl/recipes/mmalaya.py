@@ -1,0 +1,487 @@
+"""MMAlaya2's recipe on MiniBench: score the base per category, pick the weakest, build their data
+(CoT consistency, else targeted generated data), one LoRA each, merge (TIES vs others), evaluate.
+
+`run_mmalaya(load_mmalaya_config(path))` is the API (`tilevl recipe mmalaya` its command);
+every step writes into the run folder and is skipped when its outputs are already there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import gc
+import json
+import math
+import sys
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tilevl.errors import ConfigError
+from tilevl.recipes import write_json
+
+BENCH = "minibench"
+# Settings that do not change any artefact: a resumed run may differ in these.
+_RUNTIME_KEYS = ("device", "dtype", "progress", "eval_batch_size", "run_dir")
+
+
+@dataclass
+class MMAlayaConfig:
+    """One recipe run (the keys of configs/mmalaya_*.yaml).
+
+    Attributes:
+        model: the base, a checkpoint folder or a preset (a preset is saved once to
+            `run_dir/base` so every step sees the same weights).
+        run_dir: where every step writes.
+        device, dtype: where evaluation and CoT sampling run (training: the `train` keys).
+        seed: seeds MiniBench, sampling and the preset's weights.
+        categories: MiniBench categories (or L2 groups) of the benchmark; None: all 21.
+        bench_size: MiniBench size (dev = 10 %, test = 40 % of its multiple-choice items).
+        weakest: K, how many of the base's weakest dev categories get a LoRA.
+        train_categories: train these instead of the K weakest.
+        data_mode: "cot" (CoT consistency only), "plain" (generated items with their gold
+            letter) or "auto" (CoT when at least `cot_min_records` survive, else plain).
+        train_items: multiple-choice items per category in its targeted training split.
+        cot_samples, cot_temperature, cot_max_new_tokens: the CoT sampling.
+        cot_min_records: the least CoT records "auto" accepts for a category.
+        train_config: a `tilevl train` YAML the `train` values are layered on (optional).
+        train: TrainConfig values (use_llm_lora, learning_rate, max_steps, …).
+        merge_methods: merge methods compared (the first is the recipe's, TIES).
+        merge_density, merge_lam: TIES/task-arithmetic settings (linear ignores them).
+        eval_split: the MiniBench split of the final table (selection always uses dev).
+        eval_batch_size, eval_max_new_tokens, max_tiles: evaluation settings.
+        tts_samples: test-time scaling: CoT + majority vote over k samples (0: off).
+        tts_models: which models get the test-time-scaling run ("base" or a method name).
+        tts_max_new_tokens, tts_temperature: its generation settings.
+        progress: show progress bars.
+    """
+
+    model: str = "tilevl-tiny"
+    run_dir: str = "runs/mmalaya"
+    device: str = "cpu"
+    dtype: str | None = None
+    seed: int = 0
+    categories: list[str] | None = None
+    bench_size: int = 400
+    weakest: int = 3
+    train_categories: list[str] | None = None
+    data_mode: Literal["auto", "cot", "plain"] = "auto"
+    train_items: int = 100
+    cot_samples: int = 5
+    cot_temperature: float = 0.7
+    cot_max_new_tokens: int = 512
+    cot_min_records: int = 20
+    train_config: str | None = None
+    train: dict = field(default_factory=dict)
+    merge_methods: list[str] = field(default_factory=lambda: ["ties", "linear", "task_arithmetic"])
+    merge_density: float = 0.2
+    merge_lam: float = 1.0
+    eval_split: Literal["dev", "test"] = "test"
+    eval_batch_size: int = 8
+    eval_max_new_tokens: int | None = None
+    max_tiles: int | None = None
+    tts_samples: int = 5
+    tts_models: list[str] = field(default_factory=lambda: ["base", "ties"])
+    tts_max_new_tokens: int | None = None
+    tts_temperature: float = 0.7
+    progress: bool = True
+
+    def check(self) -> None:
+        """Cross-field rules, naming the key."""
+        from tilevl.merge import METHODS
+
+        if self.weakest < 1 and not self.train_categories:
+            raise ConfigError(f"weakest: must be >= 1, got {self.weakest}")
+        for method in self.merge_methods:
+            if method not in METHODS:
+                raise ConfigError(f"merge_methods: unknown {method!r}; known: {', '.join(METHODS)}")
+        for name in self.tts_models:
+            if name != "base" and name not in self.merge_methods:
+                raise ConfigError(f"tts_models: {name!r} is neither 'base' nor in merge_methods")
+        if self.bench_size < 10 or self.train_items < 1 or self.cot_samples < 1:
+            raise ConfigError("bench_size must be >= 10, train_items and cot_samples >= 1")
+
+
+# ---- reading the YAML ---------------------------------------------------------------------------
+_HINTS = typing.get_type_hints(MMAlayaConfig)
+_FIELDS = {f.name for f in dataclasses.fields(MMAlayaConfig)}
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if args and type(None) in args:  # X | None
+        return value is None or any(_conforms(value, a) for a in args if a is not type(None))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _apply(values: dict, path: str | Path, lines: dict) -> None:
+    for key, (value, line) in lines.items():
+        where = f"{path}:{line}" if line else f"{path} {key}"
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, _FIELDS, n=1)
+            raise ConfigError(f"{where}: unknown key {key!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if isinstance(value, str) and _HINTS[key] is float:
+            try:  # PyYAML reads 1e-4 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                pass
+        if not _conforms(value, _HINTS[key]):
+            raise ConfigError(f"{where}: {key} must be {_HINTS[key]}, got {value!r}")
+        if key == "train" and isinstance(values.get("train"), dict):
+            value = {**values["train"], **value}  # an overlay adds to the training keys
+        values[key] = value
+
+
+def load_mmalaya_config(path: str | Path | None = None, quick: str | Path | bool = False,
+                        **overrides: Any) -> MMAlayaConfig:
+    """Read a recipe YAML, optionally overlay the quick settings, then keyword overrides.
+
+    Args:
+        path: configs/mmalaya_mini.yaml or your own.
+        quick: True overlays `mmalaya_quick.yaml` from `path`'s folder; a path overlays
+            that file. The overlay's `train` keys are added to the config's.
+        overrides: field values applied last (`model="tiny"`, `run_dir=...`).
+
+    Returns:
+        The checked config.
+
+    Raises:
+        ConfigError: naming `file:line` and the key.
+    """
+    from tilevl.train.args import read_yaml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        _apply(values, path, read_yaml(path))
+    if quick:
+        folder = Path(path).parent if path is not None else Path("configs")
+        overlay = Path(quick) if not isinstance(quick, bool) else folder / "mmalaya_quick.yaml"
+        _apply(values, overlay, read_yaml(overlay))
+    _apply(values, "override", {k: (v, 0) for k, v in overrides.items() if v is not None})
+    config = MMAlayaConfig(**values)
+    config.check()
+    return config
+
+
+# ---- models, one at a time ------------------------------------------------------------------------
+class _Models:
+    """Holds at most one loaded model: a big base and a merged copy never share the GPU."""
+
+    def __init__(self, cfg: MMAlayaConfig):
+        self.cfg, self.path, self.pair = cfg, None, None
+
+    def get(self, path: Path):
+        from tilevl.resolve import open_model
+
+        if self.path != str(path):
+            self.release()
+            self.pair = open_model(str(path), dtype=self.cfg.dtype, device=self.cfg.device, quiet=True)
+            self.pair[0].eval()
+            self.path = str(path)
+        return self.pair
+
+    def release(self) -> None:
+        import torch
+
+        self.path, self.pair = None, None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _say(message: str) -> None:
+    print(f"[mmalaya] {message}", file=sys.stderr, flush=True)
+
+
+# ---- the steps ------------------------------------------------------------------------------------
+def prepare_base(cfg: MMAlayaConfig, run: Path) -> Path:
+    """The base checkpoint folder (a preset is written to `run/base` once)."""
+    import torch
+
+    if Path(cfg.model).is_dir():
+        return Path(cfg.model)
+    target = run / "base"
+    if not (target / "config.json").exists():
+        from tilevl.checkpoint.loader import save_model
+        from tilevl.resolve import open_model
+
+        torch.manual_seed(cfg.seed)
+        # Not quiet: a preset without shipped weights is random, and the table would say nothing.
+        model, tokenizer = open_model(cfg.model)
+        save_model(model, target, tokenizer=tokenizer, overwrite=True)
+        _say(f"saved preset {cfg.model!r} to {target}")
+    return target
+
+
+def evaluate_split(cfg: MMAlayaConfig, models: _Models, path: Path, name: str, run: Path,
+                   split: str, tts: bool = False) -> dict:
+    """Evaluate one model on a MiniBench split (direct, or CoT + vote@k); cached on disk.
+
+    Returns:
+        The runner's results dict.
+    """
+    from tilevl.eval.runner import EvalConfig, evaluate
+
+    variant = f"cot-vote{cfg.tts_samples}" if tts else "direct"
+    out = run / "eval" / name / f"{split}-{variant}"
+    if (out / "results.json").exists():
+        return json.loads((out / "results.json").read_text(encoding="utf-8"))
+    settings = dict(cot=True, samples=cfg.tts_samples, temperature=cfg.tts_temperature,
+                    max_new_tokens=cfg.tts_max_new_tokens, seed=cfg.seed) if tts else dict(
+                        max_new_tokens=cfg.eval_max_new_tokens)
+    eval_cfg = EvalConfig(bench=BENCH, data=str(run / "minibench" / split / "mcq.tsv"), out=str(out),
+                          max_tiles=cfg.max_tiles, batch_size=cfg.eval_batch_size,
+                          progress=cfg.progress, model_name=name, **settings)
+    _say(f"evaluating {name} on {split} ({variant})")
+    return evaluate(*models.get(path), eval_cfg)
+
+
+def category_scores(results: dict) -> dict[str, float]:
+    """Per-category scores in percent from a runner result."""
+    breakdown = results.get("per_category") or {}
+    scale = 100.0 if breakdown.get("fraction", True) else 1.0
+    values = breakdown.get("values") or {}
+    return {k: (v * scale if v is not None else None) for k, v in values.items()}
+
+
+def overall(results: dict) -> float:
+    """The benchmark's own headline (circular accuracy over all questions), in percent."""
+    head = results["headline"]
+    return head["value"] * (100.0 if head.get("fraction", True) else 1.0)
+
+
+def select_categories(cfg: MMAlayaConfig, dev: dict, run: Path) -> list[str]:
+    """The K weakest dev categories (ties: table order), or the configured ones; stored."""
+    path = run / "selection.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))["chosen"]
+    from tilevl.minibench.categories import resolve_categories
+
+    scores = category_scores(dev)
+    if cfg.train_categories:
+        chosen, how = resolve_categories(cfg.train_categories), "train_categories"
+    else:
+        order = {name: i for i, name in enumerate(resolve_categories(cfg.categories))}
+        ranked = sorted(scores, key=lambda c: (scores[c], order.get(c, 99)))
+        chosen, how = ranked[:cfg.weakest], f"the {cfg.weakest} weakest on dev"
+    write_json(path, {"chosen": chosen, "how": how, "dev_scores": scores})
+    _say(f"training {', '.join(chosen)} ({how})")
+    return chosen
+
+
+def build_category_data(cfg: MMAlayaConfig, models: _Models, base: Path, category: str,
+                        run: Path) -> dict:
+    """Targeted training data for one category: CoT consistency or the generator's items.
+
+    Returns:
+        `{"mode": "cot" | "plain", "meta_path", "records", "cot": report summary | None}`.
+    """
+    from tilevl.minibench import CATEGORIES, generate
+    from tilevl.recipes.cot import CotSettings, ModelSampler, build_cot_data
+
+    folder = run / "data" / category
+    choice_path = folder / "choice.json"
+    if choice_path.exists():
+        return json.loads(choice_path.read_text(encoding="utf-8"))
+    bench = folder / "minibench"
+    if not (bench / "info.json").exists():
+        # The train split is half of `size`; a per-category seed keeps it apart from the
+        # evaluation items and independent of which other categories were chosen.
+        generate(bench, size=math.ceil(cfg.train_items / 0.5), categories=[category],
+                 seed=cfg.seed + 1 + list(CATEGORIES).index(category), progress=False,
+                 formats=("mcq", "train"), overwrite=True)
+    cot = None
+    if cfg.data_mode in ("auto", "cot"):
+        model, tokenizer = models.get(base)
+        sampler = ModelSampler(model, tokenizer, temperature=cfg.cot_temperature,
+                               max_new_tokens=cfg.cot_max_new_tokens, max_tiles=cfg.max_tiles or 6,
+                               seed=cfg.seed)
+        settings = CotSettings(samples=cfg.cot_samples, batch_size=cfg.eval_batch_size,
+                               id_prefix=f"{category}_cot_")
+        _say(f"{category}: CoT consistency data ({cfg.cot_samples} samples per question)")
+        cot = build_cot_data(sampler, bench / "train" / "mcq.tsv", folder / "cot" / "train.jsonl",
+                             settings, progress=cfg.progress)
+    use_cot = cot is not None and (cot["records"] >= cfg.cot_min_records or cfg.data_mode == "cot")
+    if use_cot and cot["records"] == 0:
+        raise ConfigError(f"data_mode: cot kept no question of {category} "
+                          f"({cot['questions']} asked); use data_mode auto or plain")
+    meta = folder / "cot" / "meta.json" if use_cot else bench / "train" / "meta.json"
+    records = cot["records"] if use_cot else json.loads(meta.read_text())["minibench_train"]["length"]
+    choice = {"mode": "cot" if use_cot else "plain", "meta_path": str(meta), "records": records,
+              "cot": None if cot is None else {k: cot[k] for k in ("questions", "kept", "dropped",
+                                                                     "keep_rate", "records")}}
+    write_json(choice_path, choice)
+    _say(f"{category}: {choice['mode']} data, {records} records")
+    return choice
+
+
+def train_lora(cfg: MMAlayaConfig, base: Path, category: str, meta_path: str, run: Path) -> Path:
+    """One LoRA on one category's data (resumes an interrupted run); returns the adapter."""
+    from tilevl.train import load_train_config, train
+
+    out = run / "lora" / category
+    adapter = out / "adapter"
+    if (adapter / "adapter_config.json").exists():
+        return adapter
+    values = {**cfg.train, "model": str(base), "meta_path": str(meta_path), "output_dir": str(out),
+              "save_merged": False, "resume": True}
+    values.setdefault("use_llm_lora", 16)
+    try:
+        config = load_train_config(cfg.train_config, None, **values)
+    except ConfigError as exc:
+        raise ConfigError(f"train: {exc}") from None
+    if not config.uses_lora:
+        raise ConfigError("train: use_llm_lora (or use_backbone_lora) must be > 0: the recipe "
+                          "merges LoRAs")
+    _say(f"{category}: training a rank-{config.use_llm_lora} LoRA on {meta_path}")
+    result = train(config)
+    return result.adapter_dir
+
+
+def merge(cfg: MMAlayaConfig, base: Path, adapters: list[Path], method: str, run: Path) -> Path:
+    """The base plus the N adapters merged with `method` (skipped when already written)."""
+    from tilevl.merge import merge_adapters
+
+    out = run / "merged" / method
+    if (out / "config.json").exists():
+        return out
+    _say(f"merging {len(adapters)} adapters with {method}")
+    return merge_adapters(base, adapters, out, method=method, density=cfg.merge_density,
+                          lam=cfg.merge_lam, progress=cfg.progress, seed=cfg.seed, overwrite=True)
+
+
+# ---- the table ---------------------------------------------------------------------------------------
+def _cell(value: float | None, base: float | None = None) -> str:
+    if value is None:
+        return "–"
+    if base is None:
+        return f"{value:.1f}"
+    return f"{value:.1f} ({value - base:+.1f})"
+
+
+def format_table(rows: dict[str, dict], trained: list[str], categories: list[str]) -> str:
+    """The seeds' MMAlaya2 table: one row per model, a column per category, then averages.
+
+    Args:
+        rows: model name → `{"per_category": {cat: %}, "overall": %}`; "base" first.
+        trained: the categories that got a LoRA (marked `*`, and averaged apart).
+        categories: the columns, in order.
+
+    Returns:
+        A markdown table; merged rows show the change from the base in brackets.
+    """
+    columns = trained + [c for c in categories if c not in trained]
+    head = ["Model", *[f"{c}*" if c in trained else c for c in columns], "Trained avg", "Average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    base = rows.get("base")
+    for name, row in rows.items():
+        ref = None if name == "base" or base is None else base
+        cells = [_cell(row["per_category"].get(c), ref and ref["per_category"].get(c)) for c in columns]
+        cells += [_cell(row["trained_avg"], ref and ref["trained_avg"]),
+                  _cell(row["overall"], ref and ref["overall"])]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _row(results: dict, trained: list[str]) -> dict:
+    scores = category_scores(results)
+    mine = [scores[c] for c in trained if scores.get(c) is not None]
+    return {"per_category": scores, "overall": overall(results),
+            "trained_avg": sum(mine) / len(mine) if mine else None}
+
+
+# ---- the recipe --------------------------------------------------------------------------------------
+def _check_run_dir(cfg: MMAlayaConfig, run: Path) -> None:
+    """Refuse to resume a run folder made with other settings (its artefacts would mix)."""
+    path = run / "config.json"
+    mine = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_KEYS}
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        before = {k: v for k, v in before.items() if k not in _RUNTIME_KEYS}
+        changed = sorted(k for k in set(before) | set(mine) if before.get(k) != mine.get(k))
+        if changed:
+            raise ConfigError(f"{run} was made with other settings ({', '.join(changed)}); "
+                              "choose another run_dir (--run-dir) or delete it")
+    write_json(path, asdict(cfg))
+
+
+def run_mmalaya(cfg: MMAlayaConfig) -> dict:
+    """Run (or resume) the whole recipe and write `table.md` and `summary.json`.
+
+    Args:
+        cfg: the recipe settings.
+
+    Returns:
+        The summary: chosen categories, data modes, adapters, per-model scores, the
+        test-time-scaling gains, the best merge method and the tables.
+    """
+    from tilevl.minibench import generate
+    from tilevl.minibench.categories import resolve_categories
+
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(cfg, run)
+    models = _Models(cfg)
+    base = prepare_base(cfg, run)
+    if not (run / "minibench" / "info.json").exists():
+        _say(f"generating MiniBench (size {cfg.bench_size}) into {run / 'minibench'}")
+        generate(run / "minibench", size=cfg.bench_size, seed=cfg.seed, categories=cfg.categories,
+                 progress=cfg.progress, formats=("mcq",), overwrite=True)
+    dev = evaluate_split(cfg, models, base, "base", run, "dev")
+    chosen = select_categories(cfg, dev, run)
+    data = {c: build_category_data(cfg, models, base, c, run) for c in chosen}
+    models.release()  # training loads its own copy
+    adapters = [train_lora(cfg, base, c, data[c]["meta_path"], run) for c in chosen]
+    merged = {m: merge(cfg, base, adapters, m, run) for m in cfg.merge_methods}
+
+    paths = {"base": base, **merged}
+    results = {name: evaluate_split(cfg, models, path, name, run, cfg.eval_split)
+               for name, path in paths.items()}
+    rows = {name: _row(r, chosen) for name, r in results.items()}
+    scaling = {}
+    for name in (cfg.tts_models if cfg.tts_samples > 0 else []):
+        tts = evaluate_split(cfg, models, paths[name], name, run, cfg.eval_split, tts=True)
+        scaling[name] = {"direct": rows[name]["overall"], f"cot+vote@{cfg.tts_samples}": overall(tts),
+                         "gain": overall(tts) - rows[name]["overall"],
+                         "per_category": category_scores(tts)}
+    models.release()
+
+    categories = [c for c in resolve_categories(cfg.categories) if c in rows["base"]["per_category"]]
+    table = format_table(rows, chosen, categories)
+    gains = {m: rows[m]["overall"] - rows["base"]["overall"] for m in cfg.merge_methods}
+    best = max(gains, key=gains.get)
+    tied = [m for m, g in gains.items() if abs(g - gains[best]) < 1e-9]
+    verdict = ("merge methods, change of the average over base: "
+               + ", ".join(f"{m} {g:+.1f}" for m, g in gains.items())
+               + (f"; best: {best}" if len(tied) == 1 else f"; tied: {', '.join(tied)}"))
+    tts_table = "\n".join(["| Model | direct | CoT + vote@k | gain |", "| --- | --- | --- | --- |"] + [
+        f"| {n} | {s['direct']:.1f} | {s[f'cot+vote@{cfg.tts_samples}']:.1f} | {s['gain']:+.1f} |"
+        for n, s in scaling.items()]) if scaling else "(test-time scaling off: tts_samples 0)"
+    text = (f"# MMAlaya2 recipe on MiniBench ({cfg.eval_split}, circular accuracy %)\n\n"
+            f"Base: {cfg.model}. LoRAs for the {len(chosen)} categories marked *: "
+            + ", ".join(f"{c} ({data[c]['mode']}, {data[c]['records']} records)" for c in chosen)
+            + f".\n\n{table}\n\n{verdict}\n\n"
+            f"## Test-time scaling (k = {cfg.tts_samples})\n\n{tts_table}\n")
+    (run / "table.md").write_text(text, encoding="utf-8")
+    summary = {"chosen": chosen, "dev_scores": category_scores(dev), "data": data,
+               "adapters": [str(a) for a in adapters], "merged": {k: str(v) for k, v in merged.items()},
+               "rows": rows, "gains": gains, "best_method": best if len(tied) == 1 else None,
+               "verdict": verdict, "test_time_scaling": scaling,
+               "table": table, "tts_table": tts_table, "files": {"table": str(run / "table.md")}}
+    write_json(run / "summary.json", summary)
+    return summary
+
+
+__all__ = ["MMAlayaConfig", "build_category_data", "category_scores", "evaluate_split",
+           "format_table", "load_mmalaya_config", "merge", "prepare_base", "run_mmalaya",
+           "select_categories", "train_lora"]
