@@ -2,7 +2,7 @@
 the per-category table (with linear averaging and task arithmetic beside TIES).
 
     python examples/mmalaya_recipe.py                      # the quick smoke run on `tiny` (CPU, ~1 min)
-    python examples/mmalaya_recipe.py MODEL_FOLDER --full  # configs/mmalaya_mini.yaml on a real base
+    python examples/mmalaya_recipe.py MODEL_FOLDER --full  # configs/recipes/mmalaya_mini.yaml on a real base
 """
 
 import sys
@@ -13,7 +13,7 @@ from tilevl.recipes.mmalaya import load_mmalaya_config, run_mmalaya
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 model = args[0] if args else "tiny"
-config = Path(__file__).resolve().parents[1] / "configs" / "mmalaya_mini.yaml"
+config = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "mmalaya_mini.yaml"
 quick = "--full" not in sys.argv
 cfg = load_mmalaya_config(config, quick=quick, model=model,
                           run_dir=f"runs/mmalaya-{'quick' if quick else 'mini'}-{Path(model).name}")

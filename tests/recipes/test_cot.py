@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tilevl.errors import ConfigError, InputError
-from tilevl.recipes import read_jsonl_lines
+from tilevl.jsonl import read_jsonl_lines
 from tilevl.recipes.cot import (
     CotSettings,
     ModelSampler,
@@ -25,15 +25,7 @@ from tilevl.recipes.cot import (
     training_trace,
 )
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared with other jobs: one intra-op thread is several times faster here.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 COLUMNS = ["index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category"]

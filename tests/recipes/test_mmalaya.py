@@ -18,19 +18,10 @@ from tilevl.recipes.mmalaya import (
     prepare_base,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared with other jobs: one intra-op thread is several times faster here.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "recipes"
 METHODS = ("ties", "linear", "task_arithmetic")
 
 

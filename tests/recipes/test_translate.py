@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tilevl.recipes import read_jsonl_lines
+from tilevl.jsonl import read_jsonl_lines
 from tilevl.recipes.translate import (
     LocalBackend,
     OpenAIBackend,
@@ -23,15 +23,7 @@ from tilevl.recipes.translate import (
     translation_prompt,
 )
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared with other jobs: one intra-op thread is several times faster here.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RECORDS = [

@@ -24,14 +24,7 @@ from tilevl.train.sft import COMPLETE_MARKER, SUMMARY_FILE, find_resume_checkpoi
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared with other jobs: one intra-op thread is several times faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from tilevl.errors import ConfigError, InputError, TilevlError
 from tilevl.eval.benchmarks import BenchSpec, Sample, get_benchmark, headline
 from tilevl.eval.benchmarks.common import final_answer, majority_vote
 from tilevl.eval.metrics import score
+from tilevl.jsonl import append_jsonl, read_jsonl_lines
 
 # Figures the scorers break down by; the first one present feeds the chart and the table.
 CATEGORY_FIELDS = ("per_category", "per_subtask", "per_split", "per_answer_type")
@@ -168,7 +169,6 @@ class PredictionCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.bench = bench
         self.path = self.folder / f"{bench}.rank{rank}.jsonl"
-        self._repaired = False
 
     def load(self, key: str) -> dict[str, list[str]]:
         """Outputs cached under `key`, by `str(index)`; a torn last line is skipped.
@@ -184,17 +184,7 @@ class PredictionCache:
         """
         found: dict[str, list[str]] = {}
         for path in sorted(self.folder.glob(f"{self.bench}.rank*.jsonl")):
-            lines = path.read_text(encoding="utf-8").split("\n")
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    if number == len(lines):  # killed mid-write: the line has no newline yet
-                        continue
-                    raise InputError(f"{path}:{number}: damaged cache line; delete the file "
-                                     "to recompute its predictions") from None
+            for _, row in read_jsonl_lines(path):
                 if row.get("key") == key:
                     found[str(row["index"])] = row["outputs"]
         return found
@@ -206,25 +196,8 @@ class PredictionCache:
             key: the run key.
             rows: `(index, outputs)` per sample.
         """
-        if not self._repaired:
-            self._drop_torn_tail()
-            self._repaired = True
-        text = "".join(json.dumps({"key": key, "bench": self.bench, "index": index,
-                                   "outputs": outputs}, ensure_ascii=False) + "\n"
-                       for index, outputs in rows)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _drop_torn_tail(self) -> None:
-        # A line cut by a kill has no newline; appending after it would glue two lines.
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+        append_jsonl(self.path, ({"key": key, "bench": self.bench, "index": index, "outputs": outputs}
+                                 for index, outputs in rows))
 
 
 # ---- data parallelism -----------------------------------------------------------------------

@@ -130,7 +130,7 @@ def add_recipe_parsers(sub) -> None:
     t.set_defaults(func=cmd_translate)
 
     m = rs.add_parser("mmalaya", help="MMAlaya2: weakest categories -> LoRAs -> TIES merge -> table")
-    m.add_argument("--config", required=True, help="configs/mmalaya_mini.yaml or your own")
+    m.add_argument("--config", required=True, help="configs/recipes/mmalaya_mini.yaml or your own")
     m.add_argument("--quick", action="store_true",
                    help="overlay mmalaya_quick.yaml from the config's folder (a smoke run)")
     m.add_argument("--quick-config", default=None, help="another overlay file instead")

@@ -20,7 +20,7 @@ from tilevl.errors import ConfigError, InputError
 from tilevl.eval.benchmarks import BenchSpec, Sample, get_benchmark
 from tilevl.eval.benchmarks.common import final_answer
 from tilevl.eval.benchmarks.mmbench import choice_key
-from tilevl.recipes import append_jsonl, read_jsonl_lines, write_json
+from tilevl.jsonl import append_jsonl, read_jsonl_lines, write_json
 
 # MMBench's circular copies sit at index + k·1e6 (tilevl.minibench.formats.CIRCULAR_STRIDE).
 CIRCULAR_STRIDE = 1_000_000

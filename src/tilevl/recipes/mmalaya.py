@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tilevl.errors import ConfigError
-from tilevl.recipes import write_json
+from tilevl.jsonl import write_json
 
 BENCH = "minibench"
 # Settings that do not change any artefact: a resumed run may differ in these.
@@ -147,7 +147,7 @@ def load_mmalaya_config(path: str | Path | None = None, quick: str | Path | bool
     """Read a recipe YAML, optionally overlay the quick settings, then keyword overrides.
 
     Args:
-        path: configs/mmalaya_mini.yaml or your own.
+        path: configs/recipes/mmalaya_mini.yaml or your own.
         quick: True overlays `mmalaya_quick.yaml` from `path`'s folder; a path overlays
             that file. The overlay's `train` keys are added to the config's.
         overrides: field values applied last (`model="tiny"`, `run_dir=...`).

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tilevl.errors import ConfigError, InputError
-from tilevl.recipes import append_jsonl, read_jsonl_lines, write_json
+from tilevl.jsonl import append_jsonl, read_jsonl_lines, write_json
 
 # InternVL 1.5 report (Chen et al. 2024, "How Far Are We to GPT-4V?"), Fig. 5, the data
 # translation pipeline's prompt, verbatim. The copy we have lost its line breaks ("points:1.
