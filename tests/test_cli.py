@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory, tokenizer):
 
 
 def test_demo_prints_shapes_and_timing(capsys):
-    assert main(["demo"]) == 0
+    assert main(["demo", "--preset", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "tiled a 640x240 image into (4, 3, 56, 56)" in out
     assert "logits (1," in out and "greedy chat" in out
@@ -108,3 +108,4 @@ def test_minibench_generate_then_eval_on_it(tmp_path, capsys, checkpoint):
     assert main(args) == 0
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert "accuracy" in json.dumps(results) and "circular" in json.dumps(results).lower()
+

@@ -20,7 +20,57 @@ from tilevl.errors import TilevlError
 
 # ---- subcommands ------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build the tiny model, tile an image, run a forward pass and a short greedy chat."""
+    """The main job: chat about MiniBench images with the shipped model, then score it.
+
+    Without the shipped weights (a source checkout before `scripts/train_tilevl_tiny.py`
+    ran) it falls back to the random `tiny` preset and shows shapes and timings.
+    """
+    from tilevl.assets import DEFAULT_MODEL, asset_path
+
+    if args.preset is None and asset_path(DEFAULT_MODEL) is not None:
+        return _demo_embedded(args)
+    return _demo_random(args.preset or "tiny")
+
+
+def _demo_embedded(args: argparse.Namespace) -> int:
+    import random
+
+    from tilevl.assets import DEFAULT_MODEL
+    from tilevl.eval.runner import EvalConfig, evaluate
+    from tilevl.minibench import generate, make_item
+    from tilevl.resolve import open_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model, tokenizer = open_model(DEFAULT_MODEL)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"loaded the shipped model {DEFAULT_MODEL} ({n_params:,} parameters) in {time.perf_counter() - t0:.1f} s")
+    rng = random.Random(args.seed)
+    for category in ("color_recognition", "shape_recognition", "object_counting", "ocr"):
+        item = make_item(category, rng)
+        path = out / f"{category}.png"
+        item.image.save(path)
+        options = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(item.options))
+        question = f"{item.question}\n{options}\nAnswer with the option's letter from the given choices directly."
+        pixels = __import__("tilevl").preprocess(item.image, model.image_settings)
+        reply = model.chat(tokenizer, pixels, question, dict(max_new_tokens=8, do_sample=False))
+        right = "ABCD"[item.answer]
+        print(f"\n{path}\n  Q: {item.question}  ({' / '.join(item.options)})\n"
+              f"  model: {reply!r}   expected: {right} ({item.options[item.answer]})")
+    print(f"\ngenerating MiniBench (seed {args.seed}) and scoring {args.questions} dev questions …")
+    info = generate(out / "minibench", size=max(40, args.questions * 10), seed=args.seed, progress=False,
+                    formats=("mcq",), overwrite=True)
+    results = evaluate(model, tokenizer, EvalConfig(
+        bench="minibench", data=str(Path(info["out_dir"]) / "dev" / "mcq.tsv"), out=str(out / "eval"),
+        batch_size=16, limit=args.questions, progress=True, model_name=DEFAULT_MODEL))
+    print((out / "eval" / "results.md").read_text())
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; files in {out}")
+    return 0
+
+
+def _demo_random(preset: str) -> int:
+    """Build a preset with random weights, tile an image, run a forward pass and a short chat."""
     import torch
     from PIL import Image, ImageDraw
 
@@ -30,10 +80,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     tokenizer = build_bpe_tokenizer(vocab_size=400)
-    model = build_model(args.preset, seed=0)
+    model = build_model(preset, seed=0)
     model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"built preset {args.preset!r}: {n_params:,} parameters in {time.perf_counter() - t0:.2f} s "
+    print(f"built preset {preset!r}: {n_params:,} parameters in {time.perf_counter() - t0:.2f} s "
           f"(random weights: the answers below are noise until a trained model is loaded)")
 
     image = Image.new("RGB", (640, 240), "white")
@@ -63,10 +113,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """One-shot answer when PROMPT is given, else an interactive multi-turn REPL."""
+    from tilevl.assets import DEFAULT_MODEL
     from tilevl.chat.session import ChatSession
-    from tilevl.resolve import open_model
+    from tilevl.resolve import is_model_spec, open_model
 
-    model, tokenizer = open_model(args.model, dtype=args.dtype, device=args.device)
+    looks_like_path = args.model is not None and ("/" in args.model or args.model.startswith("."))
+    if args.model is not None and not looks_like_path and not is_model_spec(args.model):
+        # `tilevl chat "What is this?"`: no model named, the words are the prompt.
+        args.prompt, args.model = [args.model, *args.prompt], None
+    model, tokenizer = open_model(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device)
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                       temperature=args.temperature or None, top_p=args.top_p, top_k=args.top_k,
                       num_beams=args.num_beams, repetition_penalty=args.repetition_penalty,
@@ -189,12 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tilevl", description="InternVL models end to end.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="build a small model and run it once (shapes, timing, a chat)")
-    p.add_argument("--preset", default="tiny")
+    p = sub.add_parser("demo", help="chat with the shipped model about MiniBench images, then score it")
+    p.add_argument("--preset", default=None, help="run a random-weight preset instead (shapes, timings)")
+    p.add_argument("--out", default="runs/demo", help="where the demo's images and results go")
+    p.add_argument("--questions", type=int, default=300, help="dev questions to score")
+    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("chat", help="chat with a model (one-shot with PROMPT, else interactive)")
-    p.add_argument("model", help="checkpoint folder or preset name")
+    p.add_argument("model", nargs="?", help="checkpoint folder or preset name (default: the shipped tilevl-tiny)")
     p.add_argument("prompt", nargs="*", help="the question; omit for an interactive session")
     p.add_argument("--image", action="append", help="an image (repeatable)")
     p.add_argument("--video", help="a video file (frames sampled as in the seeds)")

@@ -425,10 +425,23 @@ PRESETS: dict[str, dict] = {
         _qwen2("small", hidden=512, inter=1408, layers=4, heads=8, kv_heads=2, vocab=4096,
                eos=2) | {"bos_token_id": 1, "max_position_embeddings": 8192},
         template="Hermes-2", max_patch=6),
+    # tilevl-tiny: the model this project trains on MiniBench and ships in tilevl/assets
+    # (scripts/train_tilevl_tiny.py).  112 px tiles / patch 14 -> 8x8 grid -> pixel shuffle
+    # 0.5 -> 4x4 = 16 tokens per tile, up to 6 tiles + thumbnail; vision 4 layers width 192
+    # (3 heads), projector 768 -> 256, Qwen2 4 layers width 256 (4/2 heads), vocab 2048 for a
+    # BPE tokenizer trained on MiniBench text (ids as build_bpe_tokenizer gives them: 1 is
+    # <|im_end|>, 2 <|endoftext|>).  ~6 M parameters: ~12 MB in fp16, and a
+    # training step over a packed row of a few thousand tokens takes well under a second on CPU.
+    "tilevl-tiny": _chat(
+        _vit_300m(hidden_size=192, intermediate_size=768, num_hidden_layers=4,
+                  num_attention_heads=3, image_size=112, use_flash_attn=False),
+        _qwen2("tilevl-tiny", hidden=256, inter=768, layers=4, heads=4, kv_heads=2, vocab=2048,
+               eos=1) | {"bos_token_id": 2, "max_position_embeddings": 4096},
+        template="internvl2_5", max_patch=6),
 }
 
-# Names of the presets that stand for published checkpoints (everything but tiny/small).
-SYNTHETIC_PRESETS = ("tiny", "small")
+# The made-up presets; every other preset stands for a published checkpoint.
+SYNTHETIC_PRESETS = ("tiny", "small", "tilevl-tiny")
 
 # Published total parameter counts.  "HF" = the safetensors "Model size" figure on the
 # checkpoint's Hugging Face page (computed from the stored tensors, shown to 3 significant

@@ -1,7 +1,8 @@
 """Turn what a user typed as MODEL (a folder or a preset name) into a model and tokenizer.
 
-A folder is loaded as a checkpoint; a preset name builds random weights with a small
-byte-level tokenizer, which is only good for smoke tests and benchmarks (we say so).
+A folder, or the name of a model shipped in tilevl.assets, is loaded as a checkpoint; a preset
+name builds random weights with a small byte-level tokenizer, which is only good for smoke tests
+and benchmarks (we say so).
 """
 
 from __future__ import annotations
@@ -27,11 +28,20 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
         raise ConfigError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)} or 'auto'") from None
 
 
+def is_model_spec(spec: str) -> bool:
+    """True when `spec` names a model: a folder, a shipped model or a preset."""
+    from tilevl.assets import asset_path
+    from tilevl.presets import preset_names
+
+    return Path(spec).is_dir() or asset_path(spec) is not None or spec.lower() in preset_names()
+
+
 def open_model(spec: str, *, dtype: str | None = None, device: str = "cpu", quiet: bool = False):
     """Load MODEL for the CLI, the server and the evaluation runner.
 
     Args:
-        spec: a checkpoint folder (official or transformers-native layout) or a preset name.
+        spec: a checkpoint folder (official or transformers-native layout), the name of a
+            model shipped with the package (`tilevl-tiny`, see `tilevl.assets`) or a preset name.
         dtype: "bf16", "fp16", "fp32" or None (keep the stored dtype).
         device: "cpu", "cuda", "cuda:1" …
     Returns:
@@ -42,8 +52,12 @@ def open_model(spec: str, *, dtype: str | None = None, device: str = "cpu", quie
     from tilevl.model.vlm import build_model
     from tilevl.presets import preset_names
 
+    from tilevl.assets import asset_path
+
     torch_dtype = parse_dtype(dtype)
     path = Path(spec)
+    if not path.is_dir() and (embedded := asset_path(spec)) is not None:
+        path = embedded  # a model shipped with the package (tilevl-tiny) beats its preset
     if path.is_dir():
         model = load_model(path, dtype=torch_dtype, device=device)
         tokenizer = load_tokenizer(path)
@@ -56,6 +70,8 @@ def open_model(spec: str, *, dtype: str | None = None, device: str = "cpu", quie
     else:
         raise ConfigError(f"MODEL {spec!r} is neither a checkpoint folder nor a preset "
                           f"({', '.join(preset_names())})")
+    if torch_dtype is None and model.dtype == torch.float16 and str(device).startswith("cpu"):
+        model.float()  # fp16 weights (how small models ship) compute slowly on CPUs
     if model.img_context_token_id is None:
         model.img_context_token_id = img_context_token_id(tokenizer)
     return model, tokenizer

@@ -27,7 +27,9 @@ _TOKENIZER_FILES = (
 
 def read_config(path: str | Path) -> tuple[ModelConfig, str]:
     """The model config of a checkpoint folder and its layout ('official' or 'native')."""
-    folder = Path(path)
+    from tilevl.assets import resolve_folder
+
+    folder = resolve_folder(path)
     file = folder / "config.json"
     if not file.exists():
         raise CheckpointError(f"{folder}: no config.json (is this a checkpoint folder?)")
@@ -116,7 +118,8 @@ def load_model(
     """Load a local checkpoint folder in the official or the transformers-native layout.
 
     Args:
-        path: the folder (config.json + safetensors, optionally sharded with an index).
+        path: the folder (config.json + safetensors, optionally sharded with an index), or
+            the name of a model shipped with the package (`"tilevl-tiny"`).
         dtype: cast floating weights to this dtype; None keeps the stored dtype.
         device: where to put the weights (ignored when `device_map` is given).
         device_map: "auto" or a {module prefix: device} map: splits the LLM layers across
@@ -129,7 +132,9 @@ def load_model(
     """
     from accelerate import init_empty_weights
 
-    folder = Path(path)
+    from tilevl.assets import resolve_folder
+
+    folder = resolve_folder(path)
     config, layout = read_config(folder)
     files = weight_files(folder, allow_pickle=allow_pickle)
     with init_empty_weights(include_buffers=False):

@@ -108,7 +108,7 @@ def load_tokenizer(path: str | Path, require_vision_tokens: bool = True):
     `tokenizer_class` are ignored.
 
     Args:
-        path: the checkpoint folder.
+        path: the checkpoint folder, or the name of a shipped model (`tilevl-tiny`).
         require_vision_tokens: check that the InternVL tokens (`VISION_TOKENS`) exist.
     Returns:
         A `transformers` tokenizer.
@@ -116,7 +116,9 @@ def load_tokenizer(path: str | Path, require_vision_tokens: bool = True):
         CheckpointError: the folder or its tokenizer files are missing or unreadable, or a
             vision token is missing (names the folder and the tokens).
     """
-    folder = Path(path)
+    from tilevl.assets import resolve_folder
+
+    folder = resolve_folder(path)
     if not folder.is_dir():
         raise CheckpointError(
             f"tokenizer folder {folder} does not exist (looked for {' or '.join(TOKENIZER_FILES)})"

@@ -1,0 +1,282 @@
+"""Train the embedded tilevl-tiny model on MiniBench, ship it, and score it on the dev split.
+
+Stages (each a function below): generate MiniBench → train a BPE tokenizer on its training
+text → save the random-initialised `tilevl-tiny` preset with that tokenizer → `tilevl train`
+(configs/tilevl_tiny.yaml) on the train split's conversation mix → two more `tilevl train`
+stages from that model on the mix plus the circular copies of the multiple-choice items (every
+option order, so the answer letter must come from the options, not from a prior) → fp16
+copy into the package's assets → dev scores (MiniBench circular accuracy per category, VQA,
+POPE, grounding) as scores.json + scores.md.
+
+    python scripts/train_tilevl_tiny.py --out runs/tilevl-tiny            # the shipped recipe
+    python scripts/train_tilevl_tiny.py --out /tmp/tt --quick             # seconds, for CI
+
+`--quick` trains a few steps on a handful of items and writes its "assets" under OUT, never
+into the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tilevl_tiny.yaml"
+PACKAGE_ASSETS = REPO / "src" / "tilevl" / "assets" / "tilevl-tiny"
+PRESET = "tilevl-tiny"
+# (benchmark, dev file, headline label) scored after training.
+DEV_BENCHES = (("minibench", "mcq.tsv"), ("minibench-vqa", "vqa.jsonl"),
+               ("minibench-pope", "pope.jsonl"), ("minibench-grounding", "grounding.jsonl"))
+FULL = dict(size=5000, vocab_size=2048, eval_limit=None)
+QUICK = dict(size=24, vocab_size=400, eval_limit=2)
+# The training stages, each `tilevl train configs/tilevl_tiny.yaml` from the previous stage's
+# model (the first from the random start checkpoint): run folder, meta JSON of the train split,
+# steps (None: the YAML's) and steps under --quick, and overrides of the YAML.  Stage 1 learns
+# the formats on the conversation mix; stages 2-3 add every circular copy of the MCQ items.
+STAGES = (
+    ("train", "meta.json", None, 2, []),
+    ("train2", "meta_circular.json", 400, 1, ["--learning_rate", "1.5e-3", "--warmup_ratio", "0.0"]),
+    ("train3", "meta_circular.json", 600, 1, ["--learning_rate", "1.0e-3", "--warmup_ratio", "0.0"]),
+)
+
+def log(message: str) -> None:
+    print(f"[train_tilevl_tiny] {message}", file=sys.stderr, flush=True)
+
+
+# ---- stages ---------------------------------------------------------------------------------------
+def generate_minibench(out: Path, size: int, seed: int) -> Path:
+    """MiniBench (all splits) into out/minibench; reused when the same size/seed is there."""
+    from tilevl.minibench import generate
+
+    root = out / "minibench"
+    info_file = root / "info.json"
+    if info_file.exists():
+        info = json.loads(info_file.read_text("utf-8"))
+        if info.get("size") == size and info.get("seed") == seed:
+            log(f"reusing {root} (size {size}, seed {seed})")
+            return root
+    info = generate(root, size=size, seed=seed, progress=False, overwrite=True)
+    log(f"MiniBench size {size} seed {seed} in {info['seconds']:.0f} s: "
+        f"{info['splits']['train']['train_records']} training records")
+    return root
+
+
+def training_texts(train_jsonl: Path) -> list[str]:
+    """Every human and gpt turn of the training split, the `<image>` tag removed."""
+    texts = []
+    with open(train_jsonl, encoding="utf-8") as f:
+        for line in f:
+            for turn in json.loads(line)["conversations"]:
+                texts.append(turn["value"].replace("<image>\n", "").replace("<image>", ""))
+    return texts
+
+
+def write_circular_mcq(minibench: Path) -> Path:
+    """A meta JSON of the train split's mix plus every circular copy of its MCQ items.
+
+    train.jsonl holds each multiple-choice item once, in its drawn option order; the copies
+    (mcq.tsv rows k ≥ 1) show the same image with the options rotated and the letter moved.
+    """
+    from PIL import Image
+
+    from tilevl.minibench import formats as fmt
+
+    split = minibench / "train"
+    records = []
+    for row in fmt.read_tsv(split / "mcq.tsv"):
+        index = int(row["index"])
+        if index < fmt.CIRCULAR_STRIDE:
+            continue  # copy 0 is already in train.jsonl
+        image = f"mcq_{index % fmt.CIRCULAR_STRIDE:06d}.png"
+        with Image.open(split / "images" / image) as im:
+            width, height = im.size
+        options = [row[letter] for letter in "ABCD" if row[letter]]
+        prompt = fmt.mmbench_prompt(row["question"], row["hint"], options)
+        records.append(fmt.conversation(f"minibench_circular_{index}", image, width, height,
+                                        [(prompt, row["answer"])]))
+    (split / "mcq_circular.jsonl").write_text(fmt.jsonl_text(records), "utf-8")
+    mix = json.loads((split / "meta.json").read_text("utf-8"))
+    meta = {**mix, **fmt.meta_json("minibench_mcq_circular", "mcq_circular.jsonl", len(records))}
+    path = split / "meta_circular.json"
+    path.write_text(json.dumps(meta, indent=2) + "\n", "utf-8")
+    log(f"{len(records)} circular MCQ copies + {sum(m['length'] for m in mix.values())} mix records")
+    return path
+
+
+def build_start_checkpoint(out: Path, minibench: Path, vocab_size: int, seed: int) -> Path:
+    """The random-initialised preset plus a BPE tokenizer trained on MiniBench's train text."""
+    from tilevl.checkpoint.loader import save_model
+    from tilevl.checkpoint.tokenizer import build_bpe_tokenizer, img_context_token_id
+    from tilevl.model.vlm import build_model
+
+    tokenizer = build_bpe_tokenizer(corpus=training_texts(minibench / "train" / "train.jsonl"),
+                                    vocab_size=vocab_size)
+    model = build_model(PRESET, seed=seed)
+    if len(tokenizer) > model.config.llm["vocab_size"]:
+        raise ValueError(f"tokenizer has {len(tokenizer)} ids; the {PRESET} preset's "
+                         f"vocab_size is {model.config.llm['vocab_size']}")
+    model.img_context_token_id = img_context_token_id(tokenizer)
+    folder = save_model(model, out / "init", tokenizer=tokenizer, overwrite=True)
+    log(f"start checkpoint {folder}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"tokenizer {len(tokenizer)} ids")
+    return folder
+
+
+def run_training(start: Path, meta: Path, run_dir: Path, steps: int | None, quick: bool,
+                 extra: list[str]):
+    """`tilevl train configs/tilevl_tiny.yaml` with this run's paths (and any overrides)."""
+    from tilevl.train import load_train_config, train
+
+    overrides = ["--model", str(start), "--meta_path", str(meta), "--output_dir", str(run_dir),
+                 "--overwrite_output_dir", "true"]
+    if steps is not None:
+        overrides += ["--max_steps", str(steps)]
+    if quick:  # a few steps, nothing saved on the way
+        overrides += ["--save_steps", "1000", "--logging_steps", "1", "--warmup_ratio", "0.0",
+                      "--per_device_train_batch_size", "4"]
+    config = load_train_config(str(CONFIG), overrides + list(extra))
+    start_time = time.perf_counter()
+    result = train(config)
+    seconds = time.perf_counter() - start_time
+    log(f"trained {result.global_step} steps in {seconds / 60:.1f} min, mean loss "
+        f"{result.train_loss:.4f}, last logged {result.last_loss}")
+    return result, config, seconds
+
+
+def export_fp16(model_dir: Path, assets: Path) -> Path:
+    """The trained model in fp16 (weights, config, preprocessor and tokenizer files)."""
+    import torch
+
+    from tilevl.checkpoint.loader import load_model, save_model
+    from tilevl.checkpoint.tokenizer import load_tokenizer
+
+    model = load_model(model_dir, dtype=torch.float16)
+    folder = save_model(model, assets, tokenizer=load_tokenizer(model_dir), overwrite=True)
+    size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
+    log(f"wrote {folder} ({size:.1f} MiB)")
+    return folder
+
+
+def evaluate_dev(model_dir: Path, minibench: Path, out: Path, limit: int | None) -> dict:
+    """Score the exported model on the dev split; returns {benchmark: results dict}."""
+    import torch
+
+    from tilevl.eval.runner import EvalConfig, evaluate
+    from tilevl.resolve import open_model
+
+    torch.manual_seed(0)
+    # fp32 on CPU: the fp16 weights upcast exactly; fp16 matmuls on CPU are slow.
+    model, tokenizer = open_model(str(model_dir), dtype="fp32", quiet=True)
+    results = {}
+    for bench, file in DEV_BENCHES:
+        cfg = EvalConfig(bench=bench, data=str(minibench / "dev" / file),
+                         out=str(out / "eval" / bench), limit=limit, batch_size=16,
+                         progress=False, model_name=PRESET)
+        start = time.perf_counter()
+        results[bench] = evaluate(model, tokenizer, cfg)
+        head = results[bench]["headline"]
+        log(f"{bench}: {head['name']} {head['value']:.4f} over {results[bench]['n']} questions "
+            f"({time.perf_counter() - start:.0f} s)")
+    return results
+
+
+# ---- the score table --------------------------------------------------------------------------------
+def summarise(results: dict, run: dict) -> dict:
+    """scores.json: headline numbers, MiniBench per category, and how the model was made."""
+    mcq = results["minibench"]
+    per_category = (mcq.get("per_category") or {}).get("values", {})
+    return {
+        "model": PRESET, "split": "dev", "run": run,
+        "minibench": {"circular_accuracy": mcq["headline"]["value"], "n_rows": mcq["n"],
+                      "per_category": per_category},
+        "vqa_accuracy": results["minibench-vqa"]["headline"]["value"],
+        "pope_f1": results["minibench-pope"]["headline"]["value"],
+        "grounding_accuracy": results["minibench-grounding"]["headline"]["value"],
+        "headlines": {b: r["headline"] for b, r in results.items()},
+        "n": {b: r["n"] for b, r in results.items()},
+    }
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(scores: dict) -> str:
+    """The README table: MiniBench dev per category (circular accuracy), then the others."""
+    from tilevl.minibench import CATEGORIES
+
+    per = scores["minibench"]["per_category"]
+    lines = ["| MiniBench dev | tilevl-tiny |", "|---|---:|"]
+    lines += [f"| {name} | {_pct(per.get(name))} |" for name in CATEGORIES if name in per]
+    lines += [f"| **overall (circular accuracy)** | **{_pct(scores['minibench']['circular_accuracy'])}** |",
+              f"| VQA accuracy ({scores['n']['minibench-vqa']} questions) | {_pct(scores['vqa_accuracy'])} |",
+              f"| POPE F1 ({scores['n']['minibench-pope']} questions) | {_pct(scores['pope_f1'])} |",
+              f"| grounding accuracy@0.5 ({scores['n']['minibench-grounding']} refs) | "
+              f"{_pct(scores['grounding_accuracy'])} |"]
+    return "\n".join(lines) + "\n"
+
+
+# ---- main ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="run folder (MiniBench, checkpoints, eval)")
+    p.add_argument("--quick", action="store_true", help="a few steps on a few items (CI)")
+    p.add_argument("--size", type=int, default=None, help="MiniBench size (default 5000; quick 24)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--assets", default=None,
+                   help="where the fp16 model goes (default: the package's assets/tilevl-tiny; "
+                        "quick: OUT/assets/tilevl-tiny)")
+    p.add_argument("--eval-limit", type=int, default=None, help="only the first K dev questions")
+    p.add_argument("--from-stage", type=int, default=1, choices=range(1, len(STAGES) + 1),
+                   help="start at this training stage, from the previous stage's OUT model")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value for tilevl train")
+    args = p.parse_args(argv)
+
+    plan = dict(QUICK if args.quick else FULL)
+    for key in ("size", "vocab_size", "eval_limit"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    assets = Path(args.assets) if args.assets else (
+        out / "assets" / PRESET if args.quick else PACKAGE_ASSETS)
+    extra = [a for a in args.overrides if a != "--"]
+
+    minibench = generate_minibench(out, plan["size"], args.seed)
+    run = {"minibench_size": plan["size"], "seed": args.seed, "config": str(CONFIG.relative_to(REPO))}
+    if args.from_stage > 1 and (out / "run.json").exists():
+        run = json.loads((out / "run.json").read_text("utf-8"))
+    model = out / STAGES[args.from_stage - 2][0] / "model" if args.from_stage > 1 else None
+    for number, (name, meta, steps, quick_steps, changes) in enumerate(STAGES, start=1):
+        if number < args.from_stage:
+            continue
+        if model is None:
+            model = build_start_checkpoint(out, minibench, plan["vocab_size"], args.seed)
+        if meta == "meta_circular.json" and not (minibench / "train" / meta).exists():
+            write_circular_mcq(minibench)
+        result, config, seconds = run_training(
+            model, minibench / "train" / meta, out / name, quick_steps if args.quick else steps,
+            args.quick, changes + extra)
+        run[f"stage{number}"] = dict(
+            data=meta, steps=result.global_step, minutes=round(seconds / 60, 1),
+            mean_loss=result.train_loss, last_loss=result.last_loss, overrides=changes + extra,
+            learning_rate=config.learning_rate, batch_size=config.per_device_train_batch_size)
+        (out / "run.json").write_text(json.dumps(run, indent=2) + "\n", "utf-8")
+        model = out / name / "model"
+    folder = export_fp16(model, assets)
+    results = evaluate_dev(folder, minibench, out, plan["eval_limit"])
+    scores = summarise(results, run)
+    table = markdown_table(scores)
+    for target in (out, folder):
+        (target / "scores.json").write_text(json.dumps(scores, indent=2) + "\n", "utf-8")
+    (out / "scores.md").write_text(table, "utf-8")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

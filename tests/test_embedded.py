@@ -1,0 +1,102 @@
+"""The embedded-model machinery: its recipe runs end to end in --quick mode, and a model folder
+in tilevl/assets loads by name (`open_model`, `load_model`, `load_tokenizer`, `tilevl chat`).
+
+No trained weights ship yet (the first CPU recipe did not learn MiniBench: see the README),
+so the by-name tests install the quick recipe's output where the package looks for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "preprocessor_config.json", "scores.json")
+
+
+def _load_recipe():
+    spec = importlib.util.spec_from_file_location(
+        "train_tilevl_tiny", REPO / "scripts" / "train_tilevl_tiny.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The recipe in --quick mode (a few steps per stage), run once for this module."""
+    out = tmp_path_factory.mktemp("tilevl-tiny")
+    recipe = _load_recipe()
+    package_weights = recipe.PACKAGE_ASSETS / "model.safetensors"
+    before = package_weights.stat().st_mtime_ns if package_weights.exists() else None
+    assert recipe.main(["--out", str(out), "--quick"]) == 0
+    after = package_weights.stat().st_mtime_ns if package_weights.exists() else None
+    assert before == after, "--quick must not touch the package's shipped weights"
+    return recipe, out
+
+
+@pytest.fixture()
+def installed(quick_run, monkeypatch):
+    """The quick run's folder, found by `asset_path("tilevl-tiny")` as a shipped model is."""
+    import tilevl.assets
+
+    folder = quick_run[1] / "assets" / "tilevl-tiny"
+    real = tilevl.assets.asset_path
+    monkeypatch.setattr(tilevl.assets, "asset_path",
+                        lambda name: folder if str(name).strip().lower() == "tilevl-tiny" else real(name))
+    return folder
+
+
+def test_quick_recipe_writes_a_complete_small_folder(quick_run):
+    recipe, out = quick_run
+    folder = out / "assets" / "tilevl-tiny"
+    for name in SHIPPED_FILES:
+        assert (folder / name).is_file(), f"the quick recipe wrote no {name}"
+    total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    assert total <= 25 * 2**20, f"{folder} holds {total / 2**20:.1f} MiB (limit 25)"
+    config = json.loads((folder / "config.json").read_text("utf-8"))
+    assert config["template"] == "internvl2_5" and config["max_dynamic_patch"] == 6
+    scores = json.loads((out / "scores.json").read_text("utf-8"))
+    assert [scores["run"][f"stage{i}"]["steps"] for i in (1, 2, 3)] == [
+        quick for _, _, _, quick, _ in recipe.STAGES]
+    assert "| **overall (circular accuracy)** |" in (out / "scores.md").read_text("utf-8")
+    for key in ("vqa_accuracy", "pope_f1", "grounding_accuracy"):
+        assert 0 <= scores[key] <= 1
+
+
+def test_a_shipped_folder_beats_the_preset_of_the_same_name(installed):
+    from tilevl.checkpoint.loader import load_model
+    from tilevl.model.vlm import build_model
+    from tilevl.resolve import open_model
+
+    model, tokenizer = open_model("tilevl-tiny", dtype="fp32", quiet=True)
+    stored = load_model(installed)
+    random = build_model("tilevl-tiny", seed=0)
+    name, weight = next(iter(stored.state_dict().items()))
+    assert weight.float().equal(model.state_dict()[name])
+    assert not weight.float().equal(random.state_dict()[name])
+    assert model.config.num_image_token == 16 and tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") is not None
+
+
+def test_load_model_tokenizer_and_chat_by_name(installed, capsys):
+    import tilevl
+    from tilevl.cli import main
+
+    model = tilevl.load_model("tilevl-tiny")
+    tokenizer = tilevl.load_tokenizer("tilevl-tiny")
+    assert model.config.template == "internvl2_5"
+    assert tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") == model.img_context_token_id
+    assert main(["chat", "--max-new-tokens", "3", "What is this?"]) == 0  # no MODEL: the shipped one
+    assert capsys.readouterr().out.startswith("assistant> ")
+
+
+def test_demo_runs_on_the_shipped_model(installed, tmp_path, capsys):
+    from tilevl.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--questions", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "color_recognition.png" in out and "expected:" in out and "mmbench_circular" in out
