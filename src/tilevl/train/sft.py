@@ -390,6 +390,7 @@ def build_training_args(config: TrainConfig) -> TrainingArguments:
         report_to=list(config.report_to) or "none", disable_tqdm=True,
         remove_unused_columns=False, label_names=["labels"],
         dataloader_num_workers=config.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available() and not config.use_cpu,  # CPU: nothing to pin
         deepspeed=config.deepspeed, fsdp=config.fsdp, fsdp_config=config.fsdp_config,
         ddp_backend=config.ddp_backend or _default_backend(config),
         use_cpu=config.use_cpu, save_only_model=False,
