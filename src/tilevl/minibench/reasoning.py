@@ -13,7 +13,7 @@ from tilevl.minibench.draw import (COLORS, SHAPES, Box, canvas, draw_arrow,
                                    draw_bar_chart, draw_shape, draw_text, pick_canvas, scatter)
 from tilevl.minibench.items import (Item, Obj, make_options, number_answers,
                                     number_distractors)
-from tilevl.minibench.scenes import draw_icon
+from tilevl.minibench.scenes import icon_scene
 
 RELATIONS = ("to the left", "to the right", "above", "below")
 LEVELS = {0.0: "empty", 0.25: "about a quarter full", 0.5: "about half full",
@@ -140,16 +140,7 @@ def function_reasoning(rng: random.Random, hard: bool) -> Item:
     names = rng.sample(sorted(FUNCTIONS), n)
     w, h = pick_canvas(rng, hard, aspects=("square", "landscape", "wide"))
     size = max(18, int(min(w, h) * (rng.uniform(0.08, 0.14) if hard else rng.uniform(0.25, 0.4))))
-    while True:
-        try:
-            boxes = scatter(rng, w, h, n, size, gap=max(4, size // 6))
-            break
-        except ValueError:
-            size = int(size * 0.85)
-    img, draw = canvas(w, h)
-    objs = [Obj(name, "", box) for name, box in zip(names, boxes)]
-    for o in objs:
-        draw_icon(draw, o.name, o.box)
+    img, _, objs = icon_scene(rng, names, w, h, size)
     target = names[0]
     # Options are drawn objects first, so the answer cannot be found by which is missing.
     rivals = names[1:] + rng.sample([x for x in sorted(FUNCTIONS) if x not in names], 3)

@@ -121,9 +121,19 @@ def pope_image(rng: random.Random, hard: bool) -> tuple[Image.Image, list[Obj]]:
             names.append(name)
     w, h = pick_canvas(rng, hard, aspects=("square", "landscape", "wide", "tall"))
     size = max(16, int(min(w, h) * (rng.uniform(0.08, 0.14) if hard else rng.uniform(0.22, 0.32))))
+    img, _, objs = icon_scene(rng, names, w, h, size)
+    return img, objs
+
+
+def icon_scene(rng: random.Random, names: list[str], w: int, h: int, size: int):
+    """Scatter the named icons on a w×h canvas, shrinking them until they fit.
+
+    Returns:
+        (image, its ImageDraw, the drawn objects in `names` order).
+    """
     while True:
         try:
-            boxes = scatter(rng, w, h, n, size, gap=max(4, size // 6))
+            boxes = scatter(rng, w, h, len(names), size, gap=max(4, size // 6))
             break
         except ValueError:
             size = int(size * 0.85)
@@ -131,7 +141,7 @@ def pope_image(rng: random.Random, hard: bool) -> tuple[Image.Image, list[Obj]]:
     objs = [Obj(name, "", box) for name, box in zip(names, boxes)]
     for o in objs:
         draw_icon(draw, o.name, o.box)
-    return img, objs
+    return img, draw, objs
 
 
 def icon_caption(objs: list[Obj]) -> str:
