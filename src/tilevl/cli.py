@@ -61,7 +61,7 @@ def _demo_embedded(args: argparse.Namespace) -> int:
     print(f"\ngenerating MiniBench (seed {args.seed}) and scoring {args.questions} dev questions …")
     info = generate(out / "minibench", size=max(40, args.questions * 10), seed=args.seed, progress=False,
                     formats=("mcq",), overwrite=True)
-    results = evaluate(model, tokenizer, EvalConfig(
+    evaluate(model, tokenizer, EvalConfig(
         bench="minibench", data=str(Path(info["out_dir"]) / "dev" / "mcq.tsv"), out=str(out / "eval"),
         batch_size=16, limit=args.questions, progress=True, model_name=DEFAULT_MODEL))
     print((out / "eval" / "results.md").read_text())

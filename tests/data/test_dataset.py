@@ -72,7 +72,7 @@ def test_one_image_gets_a_placeholder_and_its_tiles(tmp_path, media, tokenizer, 
     assert sample["pixel_values"].shape == (n, 3, 56, 56) and sample["num_tiles"] == [n]
     assert count(tokenizer, sample, IMG_CONTEXT_TOKEN) == TOKENS_PER_TILE * n
     text = tokenizer.decode(sample["input_ids"])
-    assert f"user\n<img>" in text and f"{IMG_END_TOKEN}\nWhat is it?" in text
+    assert "user\n<img>" in text and f"{IMG_END_TOKEN}\nWhat is it?" in text
     assert reply_text(tokenizer, sample) == "A red box.<|im_end|>"  # labels: the reply only
     assert sample["input_ids"].dtype == torch.long
     assert sample["labels"].shape == sample["input_ids"].shape
