@@ -13,7 +13,29 @@ from pathlib import Path
 
 from tilevl.errors import InputError
 
-__all__ = ["append_jsonl", "read_jsonl_lines", "write_json"]
+__all__ = ["append_jsonl", "iter_jsonl_objects", "read_jsonl_lines", "write_json"]
+
+
+def iter_jsonl_objects(path: str | Path):
+    """Yield (line number, object) of a jsonl file someone gave us; blank lines are skipped.
+
+    Unlike `read_jsonl_lines` every damaged line is an error (nothing here was torn by us).
+
+    Raises:
+        InputError: naming the file and line of invalid JSON or of a value that is not an object.
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
 
 
 def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tilevl.errors import ConfigError, InputError
-from tilevl.jsonl import append_jsonl, read_jsonl_lines, write_json
+from tilevl.jsonl import append_jsonl, iter_jsonl_objects, read_jsonl_lines, write_json
 
 # InternVL 1.5 report (Chen et al. 2024, "How Far Are We to GPT-4V?"), Fig. 5, the data
 # translation pipeline's prompt, verbatim. The copy we have lost its line breaks ("points:1.
@@ -265,22 +265,13 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise InputError(f"--data {path}: no such file")
     rows, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{number}: expected a JSON object")
-            record.setdefault("id", f"{path.stem}-{number}")
-            key = str(record["id"])
-            if key in seen:
-                raise InputError(f"{path}:{number}: id {key!r} repeats line {seen[key]}")
-            seen[key] = number
-            rows.append((number, record))
+    for number, record in iter_jsonl_objects(path):
+        record.setdefault("id", f"{path.stem}-{number}")
+        key = str(record["id"])
+        if key in seen:
+            raise InputError(f"{path}:{number}: id {key!r} repeats line {seen[key]}")
+        seen[key] = number
+        rows.append((number, record))
     return rows
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tilevl.errors import InputError
+from tilevl.jsonl import iter_jsonl_objects
 
 # --- prompts ---------------------------------------------------------------------------
 # InternVL internvl_chat/eval/mmbench/evaluate_mmbench.py (and scienceqa, mmmu): hint,
@@ -119,20 +120,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     Returns:
         One dict per non-empty line.
     """
-    path = Path(path)
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl_objects(path)]
 
 
 def read_json_or_jsonl(path: str | Path) -> list[dict]:
