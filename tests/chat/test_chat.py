@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from transformers import TextIteratorStreamer
 
-from tilevl.chat.engine import GenerationSettings, batch_chat, left_pad
+import tilevl.chat.engine as engine
+from tilevl.chat.engine import GenerationSettings, batch_chat, left_pad, shared_prefix_length
 from tilevl.chat.session import ChatSession, common_prefix
 from tilevl.errors import InputError
 from tilevl.inputs.image import preprocess
@@ -52,6 +53,36 @@ def test_batch_chat_equals_per_sample_chat(tiny_model, tokenizer):
         tiny_model.chat(tokenizer, pixels[1:], questions[1], GREEDY),
     ]
     assert batched == single
+
+
+def test_shared_prefix_stops_before_images_and_leaves_each_prompt_a_token():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5]], context_id=9) == 3
+    assert shared_prefix_length([[1, 2, 9, 4], [1, 2, 9, 4]], context_id=9) == 2  # image slot
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]], context_id=9) == 2  # one id left
+    assert shared_prefix_length([[7, 2], [1, 2]], context_id=None) == 0
+
+
+def test_batch_chat_shared_prefix_path_equals_the_plain_batch(tiny_model, tokenizer, monkeypatch):
+    """The prefix computed once gives token for token what the left-padded batch gives, for
+    rows with and without images, of different lengths, greedy and seeded sampling."""
+    torch.manual_seed(0)
+    pixels = torch.randn(5, 3, 56, 56)
+    questions = ["<image>\nWhat is it?", "Tell me a joke about a very long list of cats.",
+                 "<image>\nDescribe the image in detail, please.", "Hi"]
+    patches = [2, 0, 3, 0]
+    calls = []
+    real = engine._generate_from_shared_prefix
+    monkeypatch.setattr(engine, "_generate_from_shared_prefix",
+                        lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    for config in (dict(max_new_tokens=12, do_sample=False),
+                   dict(max_new_tokens=12, do_sample=True, temperature=5.0, seed=3)):
+        shared = batch_chat(tiny_model, tokenizer, pixels, questions, config, num_patches_list=patches)
+        assert calls and calls[-1] >= engine.MIN_SHARED_PREFIX  # the system block at least
+        monkeypatch.setattr(engine, "MIN_SHARED_PREFIX", 10**9)  # force the plain path
+        plain = batch_chat(tiny_model, tokenizer, pixels, questions, config, num_patches_list=patches)
+        monkeypatch.setattr(engine, "MIN_SHARED_PREFIX", 8)
+        assert shared == plain
+        assert len(set(shared)) > 1  # the rows really differ
 
 
 def test_streaming_like_the_seeds(tiny_model, tokenizer):

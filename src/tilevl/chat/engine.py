@@ -221,15 +221,72 @@ def batch_chat(
         images = [patches] if patches else []
         ids, _ = prepare_chat_prompt(model, tokenizer, question, None, images, template, system_message)
         prompts.append(ids)
-    input_ids, attention_mask = left_pad(prompts, pad_id(tokenizer, template))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
-    out = model.generate(
-        input_ids.to(model.device), pixel_values, attention_mask=attention_mask.to(model.device),
-        **settings.generate_kwargs(tokenizer, template), **extra,
-    )
+    kwargs = {**settings.generate_kwargs(tokenizer, template), **extra}
+    shared = shared_prefix_length(prompts, model.img_context_token_id)
+    if len(prompts) > 1 and shared >= MIN_SHARED_PREFIX and settings.num_beams == 1:
+        out = _generate_from_shared_prefix(model, prompts, shared, pixel_values,
+                                           pad_id(tokenizer, template), kwargs)
+    else:
+        input_ids, attention_mask = left_pad(prompts, pad_id(tokenizer, template))
+        out = model.generate(input_ids.to(model.device), pixel_values,
+                             attention_mask=attention_mask.to(model.device), **kwargs)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
     return [clean_response(t, template, settings.stop) for t in texts]
+
+
+# A batch whose prompts share at least this many leading ids (the template's system block and
+# any common instruction) computes them once; shorter shares are not worth a second pass.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]], context_id: int | None) -> int:
+    """How many leading ids all prompts share, stopping before the first image slot and
+    leaving every prompt at least one id of its own (generate() must feed one new token)."""
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    k = 0
+    while k < limit and first[k] != context_id and all(p[k] == first[k] for p in prompts):
+        k += 1
+    return k
+
+
+@torch.no_grad()
+def _generate_from_shared_prefix(model, prompts: Sequence[Sequence[int]], shared: int,
+                                 pixel_values: torch.Tensor | None, pad: int,
+                                 kwargs: dict) -> torch.Tensor:
+    """batch_chat's generation with the shared prefix prefilled once, not once per row.
+
+    The layout is [prefix | left padding | rest of each prompt]; the mask hides the padding
+    and position ids count only real tokens, so every row sees exactly what it would see
+    alone. The rest is prefilled into the (repeated) prefix cache except its last id, which
+    generate() feeds itself. Returns [B, new] generated ids, as `model.generate` does.
+    """
+    from transformers import DynamicCache
+
+    llm, device = model.language_model, model.device
+    rows = len(prompts)
+    prefix = torch.tensor([list(prompts[0][:shared])], device=device)
+    cache = DynamicCache(config=llm.config)
+    llm.model(input_ids=prefix, past_key_values=cache, use_cache=True,
+              position_ids=torch.arange(shared, device=device)[None])
+    cache.batch_repeat_interleave(rows)
+    rest, rest_mask = left_pad([p[shared:] for p in prompts], pad)
+    rest, rest_mask = rest.to(device), rest_mask.to(device)
+    input_ids = torch.cat([prefix.expand(rows, -1), rest], 1)
+    attention_mask = torch.cat([torch.ones(rows, shared, dtype=rest_mask.dtype, device=device),
+                                rest_mask], 1)
+    width = rest.shape[1]
+    if width > 1:
+        embeds = model.embed_inputs(rest[:, :-1], pixel_values)  # every image slot is in here
+        positions = shared + (rest_mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
+        llm.model(inputs_embeds=embeds, attention_mask=attention_mask[:, :-1],
+                  position_ids=positions, past_key_values=cache, use_cache=True,
+                  cache_position=torch.arange(shared, shared + width - 1, device=device))
+    out = llm.generate(input_ids=input_ids, attention_mask=attention_mask,
+                       past_key_values=cache, **kwargs)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    return sequences[:, input_ids.shape[1]:]
 
 
 def pad_id(tokenizer, template: Template) -> int:
