@@ -59,7 +59,7 @@ def test_quick_recipe_writes_a_complete_small_folder(quick_run):
     total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     assert total <= 25 * 2**20, f"{folder} holds {total / 2**20:.1f} MiB (limit 25)"
     config = json.loads((folder / "config.json").read_text("utf-8"))
-    assert config["template"] == "internvl2_5" and config["max_dynamic_patch"] == 6
+    assert config["template"] == "tilevl" and config["max_dynamic_patch"] == 6
     scores = json.loads((out / "scores.json").read_text("utf-8"))
     assert [scores["run"][f"stage{i}"]["steps"] for i in (1, 2, 3)] == [
         quick for _, _, _, quick, _ in recipe.STAGES]
@@ -88,7 +88,7 @@ def test_load_model_tokenizer_and_chat_by_name(installed, capsys):
 
     model = tilevl.load_model("tilevl-tiny")
     tokenizer = tilevl.load_tokenizer("tilevl-tiny")
-    assert model.config.template == "internvl2_5"
+    assert model.config.template == "tilevl"
     assert tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") == model.img_context_token_id
     assert main(["chat", "--max-new-tokens", "3", "What is this?"]) == 0  # no MODEL: the shipped one
     assert capsys.readouterr().out.startswith("assistant> ")

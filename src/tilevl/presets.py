@@ -437,7 +437,7 @@ PRESETS: dict[str, dict] = {
                   num_attention_heads=3, image_size=112, use_flash_attn=False),
         _qwen2("tilevl-tiny", hidden=256, inter=768, layers=4, heads=4, kv_heads=2, vocab=2048,
                eos=1) | {"bos_token_id": 2, "max_position_embeddings": 4096},
-        template="internvl2_5", max_patch=6),
+        template="tilevl", max_patch=6),
 }
 
 # The made-up presets; every other preset stands for a published checkpoint.

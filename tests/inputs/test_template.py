@@ -68,7 +68,7 @@ def labelled_text(tok, rendered):
 # --- the registry -------------------------------------------------------------------------
 
 def test_registry_holds_the_published_templates_with_upstream_strings():
-    assert set(TEMPLATES) == {"Hermes-2", "internlm2-chat", "phi3-chat", "internvl2_5"}
+    assert set(TEMPLATES) == {"Hermes-2", "internlm2-chat", "phi3-chat", "internvl2_5", "tilevl"}
     hermes = get_template("Hermes-2")
     assert hermes.system_template == "<|im_start|>system\n{system_message}"
     assert hermes.system_message == SYS_V1_5
@@ -85,6 +85,11 @@ def test_registry_holds_the_published_templates_with_upstream_strings():
     v25 = get_template("internvl2_5")
     assert v25.system_message == SYS_V2_5
     assert v25.sep == "<|im_end|>\n" and v25.end_token == "<|im_end|>"
+    # Ours: internvl2_5's format, a short English system prompt.
+    ours = get_template("tilevl")
+    assert (ours.system_template, ours.roles, ours.sep) == (
+        v25.system_template, v25.roles, v25.sep)
+    assert ours.system_message.isascii() and len(ours.system_message) < 80
 
 
 def test_templates_are_frozen():
@@ -161,7 +166,7 @@ def test_labels_cover_replies_and_end_token_only(tok, name):
     for i, label in enumerate(rendered.labels):
         assert label in (IGNORE_INDEX, rendered.input_ids[i])
     # internvl2_5: the "\n" after <|im_end|> is not trained on (upstream masks it too).
-    last = IGNORE_INDEX if name == "internvl2_5" else rendered.input_ids[-1]
+    last = IGNORE_INDEX if name in ("internvl2_5", "tilevl") else rendered.input_ids[-1]
     assert rendered.labels[-1] == last
 
 

@@ -102,6 +102,16 @@ TEMPLATES: Mapping[str, Template] = {
             roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
             sep="<|im_end|>\n",
         ),
+        # Ours, not upstream's: internvl2_5's format with a short English system prompt, for
+        # the embedded tilevl-tiny model. Its tokenizer is trained on English MiniBench text,
+        # where the Chinese prompt above costs ~150 byte-level tokens in every sample.
+        Template(
+            name="tilevl",
+            system_template="<|im_start|>system\n{system_message}",
+            system_message="You are tilevl-tiny, a small vision-language model.",
+            roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
+            sep="<|im_end|>\n",
+        ),
     )
 }
 
