@@ -109,6 +109,19 @@ def test_info_and_split_sizes(bench):
     assert "README" not in info and "MiniBench" in (bench / "README.txt").read_text()
 
 
+def test_train_size_grows_train_and_leaves_dev_and_test_byte_identical(bench, tmp_path):
+    info = generate(tmp_path, size=SIZE, seed=SEED, progress=False, train_size=26)
+    assert info["splits"]["train"]["mcq_items"] == 26 and info["train_size"] == 26
+    a, b = _files(bench), _files(tmp_path)
+    for name in a:
+        if name.startswith(("dev/", "test/")):
+            assert a[name] == b.get(name), name
+    # The first 20 train items are drawn as before; 6 more follow.
+    assert len(read_tsv(tmp_path / "train/mcq.tsv")) > len(read_tsv(bench / "train/mcq.tsv"))
+    with pytest.raises(ValueError, match="train_size"):
+        generate(tmp_path / "x", size=SIZE, progress=False, train_size=-1)
+
+
 def _split_images(root: Path, split: str) -> set[bytes]:
     d = root / split
     hashes = {hashlib.sha256(base64.b64decode(r["image"])).digest()
@@ -410,3 +423,13 @@ def test_training_split_format(bench):
         else:
             kinds["caption"] += 1
     assert set(kinds) == {"mcq", "grounding", "yesno", "vqa", "caption"}, kinds
+    # Every multiple-choice item is also asked in words, answered by its correct option.
+    mcq_rows = {r["index"]: r for r in read_tsv(d / "mcq.tsv") if int(r["index"]) < 10**6}
+    worded = {}
+    for r in recs:
+        first, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        if r["image"].startswith("mcq_") and first.endswith("single word or phrase."):
+            worded[int(r["image"][4:10])] = answer
+    assert len(worded) == len(mcq_rows)
+    for index, row in mcq_rows.items():
+        assert worded[int(index)] == row[row["answer"]]

@@ -12,7 +12,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tilevl.minibench import generate
 
     info = generate(args.out_dir, size=args.size, seed=args.seed, categories=args.categories,
-                    progress=not args.no_progress, workers=args.workers, overwrite=args.overwrite)
+                    progress=not args.no_progress, workers=args.workers, overwrite=args.overwrite,
+                    train_size=args.train_size)
     print(f"wrote MiniBench to {info['out_dir']} in {info['seconds']:.1f} s")
     return 0
 
@@ -32,6 +33,9 @@ def add_minibench_parsers(sub) -> None:
     g.add_argument("out_dir")
     g.add_argument("--size", type=int, default=200, help="multiple-choice items over all splits")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--train-size", type=int, default=None,
+                   help="multiple-choice items in train (default: half of --size); dev and "
+                        "test stay as --size makes them")
     g.add_argument("--categories", nargs="+", help="category or L2-group names (default: all)")
     g.add_argument("--workers", type=int, default=None, help="processes drawing images")
     g.add_argument("--overwrite", action="store_true", help="replace an earlier MiniBench in OUT_DIR")

@@ -196,11 +196,21 @@ def _write_split(root: Path, split: str, drawn: list[tuple[Unit, dict, bytes]], 
         _write(d / "mcq.tsv", fmt.tsv_text(rows))
         counts.update(mcq_items=len(mcq), mcq_rows=len(rows))
     if split == "train" and "train" in formats:
-        for unit, rec, png in mcq:
+        for i, (unit, rec, png) in enumerate(mcq):
             _write(d / "images" / img_name(unit), png)
-            prompt = fmt.mmbench_prompt(rec["question"], rec["hint"], rec["options"])
-            train.append(fmt.conversation("", img_name(unit), rec["width"], rec["height"],
-                                          [(prompt, "ABCD"[rec["answer"]])]))
+            name, size = img_name(unit), (rec["width"], rec["height"])
+            # The multiple-choice turn, then (when the item has one) a caption turn: a dense
+            # description of the same image costs no second pass of the vision tower.
+            turns = [(fmt.mmbench_prompt(rec["question"], rec["hint"], rec["options"]),
+                      "ABCD"[rec["answer"]])]
+            if rec["caption"]:
+                turns.append((fmt.CAPTION_PROMPTS[i % len(fmt.CAPTION_PROMPTS)], rec["caption"]))
+            train.append(fmt.conversation("", name, *size, turns))
+            # The same question answered in words, as its own record (in the same record the
+            # reply could be copied from the options the first turn listed).
+            question = f"{rec['hint']}\n{rec['question']}" if rec["hint"] else rec["question"]
+            train.append(fmt.conversation("", name, *size, [
+                (fmt.vqa_prompt(question), rec["options"][rec["answer"]])]))
 
     vqa = by_kind.get("vqa", [])
     if vqa:
@@ -280,7 +290,8 @@ _FILE_NOTES = {
                        "edges x1, y1, x2, y2; x2/y2 exclusive), bbox_norm (0-1000), width, "
                        "height, split, difficulty}.",
     "train.jsonl": "(train only) InternVL conversation records mixing all of the above plus "
-                   "short captions; meta.json is the matching --meta_path entry.",
+                   "short captions and each multiple-choice question answered in words; "
+                   "meta.json is the matching --meta_path entry.",
     "images/": "PNG files referenced by the jsonl files (paths relative to the split folder).",
 }
 
@@ -292,9 +303,9 @@ def _readme(info: dict) -> str:
         f"{info['seed']} and size {info['size']} (Pillow {info['pillow']}).",
         "The same seed and size regenerate these files byte for byte.",
         "",
-        "Splits (share of size, multiple-choice items; other formats scale with it): "
-        + ", ".join(f"{s} {SPLIT_RATIOS[s]:.0%} = {info['splits'][s].get('mcq_items', 0)}"
-                    for s in ("train", "dev", "test")),
+        "Splits (multiple-choice items, shares of size unless train_size was given; other "
+        "formats scale with them): "
+        + ", ".join(f"{s} {info['splits'][s].get('mcq_items', 0)}" for s in ("train", "dev", "test")),
         "",
         "Files in each split folder:",
     ]
@@ -327,7 +338,8 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 
 def generate(out_dir, size: int = 200, seed: int = 0, categories=None, progress: bool = True,
-             *, formats=FORMATS, workers: int | None = None, overwrite: bool = False) -> dict:
+             *, formats=FORMATS, workers: int | None = None, overwrite: bool = False,
+             train_size: int | None = None) -> dict:
     """Generate MiniBench into `out_dir` (a folder per split, plus README.txt and info.json).
 
     Args:
@@ -343,6 +355,8 @@ def generate(out_dir, size: int = 200, seed: int = 0, categories=None, progress:
         workers: processes drawing images (None: up to 4, bounded by the CPU count); the
             output does not depend on it.
         overwrite: replace a previous MiniBench output in `out_dir`.
+        train_size: multiple-choice items in train instead of its share of `size` (the other
+            formats scale with it). Dev and test are drawn first, so they do not change.
     Returns:
         info.json's content plus "out_dir" and "seconds".
     """
@@ -356,6 +370,10 @@ def generate(out_dir, size: int = 200, seed: int = 0, categories=None, progress:
     out = Path(out_dir)
     _prepare(out, overwrite)
     sizes = split_sizes(size)
+    if train_size is not None:
+        if train_size < 0:
+            raise ValueError(f"train_size must be >= 0, got {train_size}")
+        sizes["train"] = train_size
     units = [u for s in SPLIT_ORDER for u in plan_units(s, sizes[s], names, formats)]
     if workers is None:
         workers = max(1, min(4, os.cpu_count() or 1))
@@ -370,6 +388,7 @@ def generate(out_dir, size: int = 200, seed: int = 0, categories=None, progress:
             per_category[u.category][u.split] = per_category[u.category].get(u.split, 0) + 1
     info = {
         "name": "MiniBench", "format_version": FORMAT_VERSION, "seed": seed, "size": size,
+        "train_size": sizes["train"],
         "pillow": PIL.__version__, "formats": list(formats), "split_ratios": SPLIT_RATIOS,
         "splits": {s: splits[s] for s in ("train", "dev", "test")},
         "categories": {n: {"l2": CATEGORIES[n].l2, "description": CATEGORIES[n].description,
