@@ -290,3 +290,53 @@ def test_bad_checkpoints_are_refused(tmp_path, base_ckpt, adapters):
         merge_checkpoints(base_ckpt, [small], tmp_path / "y", progress=False)
     with safe_open(base_ckpt / "model.safetensors", "pt") as f:
         assert len(list(f.keys())) > 0
+
+
+def test_upstream_internlm2_adapter_folds_as_on_the_packed_weights(tmp_path):
+    """An adapter in InternVL's own InternLM2 naming (attention.wqkv, feed_forward.w1 …, what
+    MMAlaya2 trained on InternVL-Chat-V1-5) folds into our Llama build exactly as adding
+    B·A·scale to the packed official weights does."""
+    from tilevl.checkpoint.files import weight_files
+    from tilevl.config import ModelConfig
+    from tests.checkpoint.test_official import INTERNLM2_LLM
+
+    model = build_model(ModelConfig.from_name("tiny", llm=INTERNLM2_LLM), seed=0)
+    model.img_context_token_id = 20
+    base = save_model(model, tmp_path / "base")
+    torch.manual_seed(1)
+    r, alpha, tensors, deltas = 4, 8, {}, {}
+    for layer in (0, 1):
+        for module, (out, inp) in (("attention.wqkv", (128, 64)), ("attention.wo", (64, 64)),
+                                   ("feed_forward.w1", (96, 64))):
+            name = f"language_model.model.layers.{layer}.{module}"
+            a, b = torch.randn(r, inp) * 0.1, torch.randn(out, r) * 0.1
+            tensors[f"base_model.model.{name}.lora_A.weight"] = a
+            tensors[f"base_model.model.{name}.lora_B.weight"] = b
+            deltas[name + ".weight"] = b @ a * (alpha / r)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": alpha,
+         "target_modules": ["attention.wqkv", "attention.wo", "feed_forward.w1"]}))
+
+    # The reference: the deltas added to the official (packed) tensors, loaded as usual.
+    (expected := tmp_path / "expected").mkdir()
+    (expected / "config.json").write_text((base / "config.json").read_text())
+    official = {}
+    for f in weight_files(base):
+        official.update(load_file(f))
+    for key, delta in deltas.items():
+        official[key] = official[key] + delta
+    save_file(official, str(expected / "model.safetensors"), metadata={"format": "pt"})
+
+    ids = torch.tensor([[1, 5, 9, 33, 7, 2]])
+    want = _logits(load_model(expected), ids)
+    folded = merge_lora_into_checkpoint(base, adapter, tmp_path / "folded")
+    torch.testing.assert_close(_logits(load_model(folded), ids), want, atol=1e-5, rtol=1e-5)
+    ties = merge_adapters(base, [adapter], tmp_path / "ties", method="ties", density=1.0,
+                          progress=False)
+    torch.testing.assert_close(_logits(load_model(ties), ids), want, atol=1e-5, rtol=1e-5)
+    # On a base that is not InternLM2 the same names are refused, naming the module.
+    with pytest.raises(CheckpointError, match=r"layers\.0\.attention\.w.*not in the base model"):
+        fold_adapter(_base(), adapter)

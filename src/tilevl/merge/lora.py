@@ -55,6 +55,9 @@ class LoraModule:
     scale: float  # lora_alpha / r, or lora_alpha / sqrt(r) with rslora
     fan_in_fan_out: bool
     delta_shape: tuple[int, int]  # the shape of the base weight it adds to
+    # Rows of the stored B this module uses (None: all): an InternLM2 `wqkv` adapter becomes
+    # q/k/v modules sharing A, each with its rows of B (see `adapter_for_base`).
+    b_rows: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -74,7 +77,10 @@ class Adapter:
         """(A, B) of module `name`, as stored."""
         module = self.modules[name]
         with safe_open(self.path / ADAPTER_WEIGHTS, framework="pt") as reader:
-            return reader.get_tensor(module.a_key), reader.get_tensor(module.b_key)
+            a, b = reader.get_tensor(module.a_key), reader.get_tensor(module.b_key)
+        if module.b_rows is not None:
+            b = b[list(module.b_rows)]
+        return a, b
 
 
 def _pattern_value(pattern: dict, name: str, default):
@@ -196,6 +202,47 @@ def adapter_deltas(adapter: Adapter) -> dict[str, torch.Tensor]:
     return {name: module_delta(adapter, name) for name in adapter.modules}
 
 
+_INTERNLM2_MODULE = re.compile(
+    r"^language_model\.(model\.layers\.\d+\.(attention\.(wqkv|wo)|feed_forward\.w[123])"
+    r"|model\.tok_embeddings|output)$")
+
+
+def adapter_for_base(adapter: Adapter, config: ModelConfig) -> Adapter:
+    """An adapter trained on an InternLM2 base with upstream's module names (`attention.wqkv`,
+    `feed_forward.w1` …, as InternVL's own LoRA and MMAlaya2's adapters have them), renamed to
+    the Llama modules tilevl builds InternLM2 as; any other adapter is returned unchanged.
+
+    LoRA on the packed `wqkv` is exact as three LoRAs: A is shared and B's rows split as the
+    weight's rows do (per key-value group: the query heads, one key head, one value head).
+    """
+    from tilevl.checkpoint.internlm2 import convert_internlm2_key, is_internlm2
+
+    if not is_internlm2(config.llm) or not any(_INTERNLM2_MODULE.match(n) for n in adapter.modules):
+        return adapter
+    modules: dict[str, LoraModule] = {}
+    for name, module in adapter.modules.items():
+        if not _INTERNLM2_MODULE.match(name):
+            modules[name] = module
+            continue
+        if module.fan_in_fan_out or module.b_rows is not None:
+            raise CheckpointError(f"{adapter.path}: module {name!r}: a fan_in_fan_out InternLM2 adapter")
+        out_dim = module.delta_shape[0] if module.kind == "linear" else module.delta_shape[1]
+        rows = torch.arange(out_dim).unsqueeze(1)  # follow each row of B through the split
+        try:
+            parts = convert_internlm2_key(name + ".weight", rows, config.llm, prefix="language_model.")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{adapter.path}: module {name!r}: {exc}") from None
+        for new_name, index in parts:
+            index = index.reshape(-1)
+            shape = ((len(index), module.delta_shape[1]) if module.kind == "linear"
+                     else (module.delta_shape[0], len(index)))
+            whole = len(parts) == 1
+            modules[new_name[:-len(".weight")]] = LoraModule(
+                new_name[:-len(".weight")], module.kind, module.a_key, module.b_key, module.rank,
+                module.scale, False, shape, None if whole else tuple(index.tolist()))
+    return Adapter(adapter.path, adapter.config, modules, adapter.fingerprint)
+
+
 def _check_fits(model: nn.Module, adapter: Adapter) -> None:
     """Refuse an adapter whose modules the model lacks, does not fit, or ties to another."""
     owners: dict[int, list[str]] = {}
@@ -238,6 +285,7 @@ def fold_adapter(model: nn.Module, adapter: Adapter | str | Path) -> nn.Module:
         The same model.
     """
     adapter = adapter if isinstance(adapter, Adapter) else read_adapter(adapter)
+    adapter = adapter_for_base(adapter, model.config)
     done = _merged_list(model.config)
     if adapter.fingerprint in done:
         raise CheckpointError(
@@ -436,9 +484,9 @@ def merge_adapters(
     base = Path(base_path)
     if not adapter_paths:
         raise CheckpointError("merge_adapters needs at least one adapter folder")
-    adapters = [read_adapter(p) for p in adapter_paths]
-    names = _check_adapters_agree(adapters)
     config, base_layout = read_config(base)
+    adapters = [adapter_for_base(read_adapter(p), config) for p in adapter_paths]
+    names = _check_adapters_agree(adapters)
     with torch.device("meta"):  # shapes and ties only; allocates nothing
         skeleton = VisionLanguageModel(config)
     for adapter in adapters:
