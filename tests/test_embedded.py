@@ -1,8 +1,9 @@
 """The embedded-model machinery: its recipe runs end to end in --quick mode, and a model folder
 in tilevl/assets loads by name (`open_model`, `load_model`, `load_tokenizer`, `tilevl chat`).
 
-No trained weights ship yet (the first CPU recipe did not learn MiniBench: see the README),
-so the by-name tests install the quick recipe's output where the package looks for it.
+The by-name tests install the quick recipe's output where the package looks for it, so they
+test the loading machinery on a folder this run wrote; tests/test_shipped_model.py tests the
+weights that ship.
 """
 
 from __future__ import annotations

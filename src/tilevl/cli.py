@@ -59,7 +59,8 @@ def _demo_embedded(args: argparse.Namespace) -> int:
         print(f"\n{path}\n  Q: {item.question}  ({' / '.join(item.options)})\n"
               f"  model: {reply!r}   expected: {right} ({item.options[item.answer]})")
     print(f"\ngenerating MiniBench (seed {args.seed}) and scoring {args.questions} dev questions …")
-    info = generate(out / "minibench", size=max(40, args.questions * 10), seed=args.seed, progress=False,
+    # dev is 10 % of size, and each item gives 2-4 circular rows: 0.3 items per question suffice.
+    info = generate(out / "minibench", size=max(40, args.questions * 3), seed=args.seed, progress=False,
                     formats=("mcq",), overwrite=True)
     evaluate(model, tokenizer, EvalConfig(
         bench="minibench", data=str(Path(info["out_dir"]) / "dev" / "mcq.tsv"), out=str(out / "eval"),

@@ -222,3 +222,10 @@ def test_existing_checkpoints_need_resume_or_overwrite(colour_meta, tmp_path):
 def test_deepspeed_config_without_deepspeed_names_the_extra(colour_meta, tmp_path):
     with pytest.raises(MissingDependencyError, match=r"tilevl\[deepspeed\]"):
         run(colour_meta, tmp_path, deepspeed="configs/deepspeed/zero_stage2_config.json")
+
+
+def test_square_loss_reduction_trains(colour_meta, tmp_path):
+    result = run(colour_meta, tmp_path / "out", max_steps=30, loss_reduction="square")
+    assert losses(result)[-1] < losses(result)[0] and all(math.isfinite(x) for x in losses(result))
+    with pytest.raises(ConfigError, match="loss_reduction"):
+        run(colour_meta, tmp_path / "bad", max_steps=1, loss_reduction="mean")

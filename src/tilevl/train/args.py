@@ -55,6 +55,9 @@ class TrainConfig:
     group_by_length: bool = False
     pack_to_tokens: int = 0  # > 0: pack samples into rows of this many tokens
     pack_attention: Literal["block_mask", "position_ids"] = "block_mask"
+    # InternVL 2.5's loss reweighting (tilevl.train.loss): each token of a sample with x
+    # supervised tokens weighs 1 (token), x^-0.5 (square) or x^-1 (sample).
+    loss_reduction: Literal["token", "square", "sample"] = "token"
     dataloader_num_workers: int = 0
     # ---- optimisation -----------------------------------------------------------------------
     learning_rate: float = 1e-5

@@ -140,8 +140,20 @@ class SFTTrainer(Trainer):
         ids = inputs["input_ids"]  # [B, L]
         # Packed rows carry a 4-D mask [R, 1, L, L]; their only padding is a row's tail.
         self.tokens_seen += int(mask.sum()) if mask is not None and mask.dim() == 2 else ids.numel()
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        if self.train_config.loss_reduction == "token":
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        from tilevl.train.loss import weighted_lm_loss
+
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = weighted_lm_loss(outputs.logits, labels, self.train_config.loss_reduction,
+                                inputs.get("position_ids"))
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # Trainer then skips its division by the accumulation steps: do it here.
+            loss = loss / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
 
     # ---- atomic checkpoints -------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
