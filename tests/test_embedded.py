@@ -101,3 +101,22 @@ def test_demo_runs_on_the_shipped_model(installed, tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--questions", "8"]) == 0
     out = capsys.readouterr().out
     assert "color_recognition.png" in out and "expected:" in out and "mmbench_circular" in out
+
+
+def test_visual_use_probe_reports_every_category(quick_run, capsys):
+    """scripts/probe_visual_use.py: per-category shares in [0, 1] and the feature statistics."""
+    spec = importlib.util.spec_from_file_location("probe_visual_use",
+                                                  REPO / "scripts" / "probe_visual_use.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    folder = quick_run[1] / "assets" / "tilevl-tiny"
+    assert probe.main([str(folder), "--n", "2", "--categories", "color_recognition", "ocr"]) == 0
+    out = capsys.readouterr().out
+    assert "color_recognition" in out and "ocr" in out and "visual tokens: norm" in out
+    from tilevl.resolve import open_model
+
+    model, tokenizer = open_model(str(folder), dtype="fp32", quiet=True)
+    result = probe.probe(model, tokenizer, ["shape_recognition"], 2)
+    assert 0 <= result["shape_recognition"]["worded"] <= 1
+    assert 0 <= result["shape_recognition"]["letter"] <= 1
+    assert result["_features"]["visual_norm"] > 0
