@@ -225,7 +225,8 @@ def adapter_for_base(adapter: Adapter, config: ModelConfig) -> Adapter:
             modules[name] = module
             continue
         if module.fan_in_fan_out or module.b_rows is not None:
-            raise CheckpointError(f"{adapter.path}: module {name!r}: a fan_in_fan_out InternLM2 adapter")
+            raise CheckpointError(f"{adapter.path}: module {name!r}: fan_in_fan_out LoRA on "
+                                  "InternLM2 module names is not supported")
         out_dim = module.delta_shape[0] if module.kind == "linear" else module.delta_shape[1]
         rows = torch.arange(out_dim).unsqueeze(1)  # follow each row of B through the split
         try:
