@@ -2,10 +2,10 @@
 
 Stages (each a function below): generate MiniBench → train a BPE tokenizer on its training
 text → save the random-initialised `tilevl-tiny` preset with that tokenizer → `tilevl train`
-(configs/tilevl_tiny.yaml) on the train split's conversation mix (about one pass over
-fresh images; the generator draws every item's option order at random, so the answer letter
-must come from the options, not from a prior) → fp16 copy into the package's assets → dev scores (MiniBench circular accuracy per category, VQA,
-POPE, grounding) as scores.json + scores.md.
+(configs/tilevl_tiny.yaml) on the train split's conversation mix (0.4 pass over fresh images;
+the generator draws every item's option order at random, so the answer letter must come from
+the options, not from a prior) → fp16 copy into the package's assets → dev scores (MiniBench
+circular accuracy per category, VQA, POPE, grounding) as scores.json + scores.md.
 
     python scripts/train_tilevl_tiny.py --out runs/tilevl-tiny            # the shipped recipe
     python scripts/train_tilevl_tiny.py --out /tmp/tt --quick             # seconds, for CI
@@ -29,15 +29,16 @@ PRESET = "tilevl-tiny"
 # (benchmark, dev file, headline label) scored after training.
 DEV_BENCHES = (("minibench", "mcq.tsv"), ("minibench-vqa", "vqa.jsonl"),
                ("minibench-pope", "pope.jsonl"), ("minibench-grounding", "grounding.jsonl"))
-# A large train split (24 000 multiple-choice items, ~110 000 conversation records) with the
+# A large train split (24 000 multiple-choice items, 80 400 conversation records) with the
 # standard dev/test of size 5000: a from-scratch model needs many distinct images per category
 # (the first recipe, with 2 500 training items, learned the answer formats and nothing else).
 FULL = dict(size=5000, train_size=24000, vocab_size=2048, eval_limit=None)
 QUICK = dict(size=24, train_size=None, vocab_size=400, eval_limit=2)
 # The training stages, each `tilevl train configs/tilevl_tiny.yaml` from the previous stage's
 # model (the first from the random start checkpoint): run folder, meta JSON of the train split,
-# steps (None: the YAML's) and steps under --quick, and overrides of the YAML.  One stage: a
-# single cosine schedule over fresh images beat a longer schedule that revisited fewer ones.
+# steps (None: the YAML's) and steps under --quick, and overrides of the YAML.  One stage over
+# fresh images (the circular-copy stages of the first recipe revisited its 2 500 items); it
+# still does not learn to use the image: see the README and scripts/probe_visual_use.py.
 STAGES = (
     ("train", "meta.json", None, 2, []),
 )
