@@ -68,13 +68,20 @@ def generate_minibench(out: Path, size: int, seed: int, train_size: int | None) 
     return root
 
 
-def training_texts(train_jsonl: Path) -> list[str]:
-    """Every human and gpt turn of the training split, the `<image>` tag removed."""
+def training_texts(train_jsonl: Path, template: str = "tilevl") -> list[str]:
+    """Every human and gpt turn of the training split, the `<image>` tag removed, and per
+    record the template's own text (system prompt, role names), which every sample carries:
+    without it "assistant" alone costs 7 tokens and the system block ~35."""
+    from tilevl.inputs.template import get_template
+
+    t = get_template(template)
+    scaffold = [t.system_template.format(system_message=t.system_message), *t.roles]
     texts = []
     with open(train_jsonl, encoding="utf-8") as f:
         for line in f:
             for turn in json.loads(line)["conversations"]:
                 texts.append(turn["value"].replace("<image>\n", "").replace("<image>", ""))
+            texts += scaffold
     return texts
 
 

@@ -120,3 +120,18 @@ def test_visual_use_probe_reports_every_category(quick_run, capsys):
     assert 0 <= result["shape_recognition"]["worded"] <= 1
     assert 0 <= result["shape_recognition"]["letter"] <= 1
     assert result["_features"]["visual_norm"] > 0
+
+
+def test_tokenizer_corpus_carries_the_template_scaffold(tmp_path):
+    """The role names and system prompt every sample carries become few tokens."""
+    from tilevl.checkpoint.tokenizer import build_bpe_tokenizer
+
+    records = [{"conversations": [{"from": "human", "value": f"<image>\nWhat color is item {i}?"},
+                                  {"from": "gpt", "value": "red"}]} for i in range(50)]
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records), "utf-8")
+    texts = _load_recipe().training_texts(jsonl)
+    assert "What color is item 7?" in texts and not any("<image>" in t for t in texts)
+    tokenizer = build_bpe_tokenizer(corpus=texts, vocab_size=400)
+    assert len(tokenizer("assistant")["input_ids"]) == 1
+    assert len(tokenizer("You are tilevl-tiny, a small vision-language model.")["input_ids"]) <= 16  # bytes: 51
