@@ -1,11 +1,13 @@
 """Train the embedded tilevl-tiny model on MiniBench, ship it, and score it on the dev split.
 
-Stages (each a function below): generate MiniBench → train a BPE tokenizer on its training
-text → save the random-initialised `tilevl-tiny` preset with that tokenizer → `tilevl train`
-(configs/tilevl_tiny.yaml) on the train split's conversation mix (0.4 pass over fresh images;
-the generator draws every item's option order at random, so the answer letter must come from
-the options, not from a prior) → fp16 copy into the package's assets → dev scores (MiniBench
-circular accuracy per category, VQA, POPE, grounding) as scores.json + scores.md.
+Stages (each a function below): generate MiniBench and the "look" items
+(tilevl.minibench.look) → train a BPE tokenizer on the training text → save the
+random-initialised `tilevl-tiny` preset with that tokenizer → `tilevl train`
+(configs/tilevl_tiny.yaml) first on the look items, then on the train split's conversation
+mix, both on one 112 px tile per image (the generator draws every item's option order at
+random, so the answer letter must come from the options, not from a prior) → fp16 copy into
+the package's assets → dev scores (MiniBench circular accuracy per category, VQA, POPE,
+grounding; with the tile budget the model was trained with) as scores.json + scores.md.
 
     python scripts/train_tilevl_tiny.py --out runs/tilevl-tiny            # the shipped recipe
     python scripts/train_tilevl_tiny.py --out /tmp/tt --quick             # seconds, for CI
@@ -35,13 +37,16 @@ DEV_BENCHES = (("minibench", "mcq.tsv"), ("minibench-vqa", "vqa.jsonl"),
 FULL = dict(size=5000, train_size=24000, vocab_size=2048, eval_limit=None)
 QUICK = dict(size=24, train_size=None, vocab_size=400, eval_limit=2)
 # The training stages, each `tilevl train configs/tilevl_tiny.yaml` from the previous stage's
-# model (the first from the random start checkpoint): run folder, meta JSON of the train split,
-# steps (None: the YAML's) and steps under --quick, and overrides of the YAML.  One stage over
-# fresh images (the circular-copy stages of the first recipe revisited its 2 500 items); it
-# still does not learn to use the image: see the README and scripts/probe_visual_use.py.
+# model (the first from the random start checkpoint): run folder, meta JSON (relative to the
+# MiniBench folder), steps (None: the YAML's) and steps under --quick, and overrides of the
+# YAML.  "look" first: easy items whose answer a whole tile shows (tilevl.minibench.look), so
+# the vision side works before the full mix; from scratch on the full mix alone the model
+# learned every answer type and never read the image (README, "The embedded model").
 STAGES = (
-    ("train", "meta.json", None, 2, []),
+    ("look", "look/meta.json", 700, 2, []),
+    ("train", "train/meta.json", None, 2, []),
 )
+LOOK_ITEMS = dict(full=4200, quick=8)
 
 def log(message: str) -> None:
     print(f"[train_tilevl_tiny] {message}", file=sys.stderr, flush=True)
@@ -65,6 +70,22 @@ def generate_minibench(out: Path, size: int, seed: int, train_size: int | None) 
                     train_size=train_size)
     log(f"MiniBench size {size} (train {want_train}) seed {seed} in {info['seconds']:.0f} s: "
         f"{info['splits']['train']['train_records']} training records")
+    return root
+
+
+def generate_look_items(minibench: Path, n: int, seed: int) -> Path:
+    """The look stage's items into minibench/look; reused when the same count/seed are there."""
+    from tilevl.minibench.look import generate_look
+
+    root = minibench / "look"
+    info_file = root / "info.json"
+    if info_file.exists() and json.loads(info_file.read_text("utf-8")) == {"n": n, "seed": seed}:
+        log(f"reusing {root} ({n} look items, seed {seed})")
+        return root
+    start = time.perf_counter()
+    generate_look(root, n, seed, progress=True)
+    info_file.write_text(json.dumps({"n": n, "seed": seed}) + "\n", "utf-8")
+    log(f"{n} look items in {time.perf_counter() - start:.0f} s")
     return root
 
 
@@ -150,8 +171,11 @@ def evaluate_dev(model_dir: Path, minibench: Path, out: Path, limit: int | None)
     # fp32 on CPU: the fp16 weights upcast exactly; fp16 matmuls on CPU are slow.
     model, tokenizer = open_model(str(model_dir), dtype="fp32", quiet=True)
     results = {}
+    # The tile budget the model was trained with (its config's max_dynamic_patch), not the
+    # benchmark default of 6: a model trained on fewer tiles reads more of them poorly.
+    max_tiles = model.image_settings.max_num
     for bench, file in DEV_BENCHES:
-        cfg = EvalConfig(bench=bench, data=str(minibench / "dev" / file),
+        cfg = EvalConfig(bench=bench, data=str(minibench / "dev" / file), max_tiles=max_tiles,
                          out=str(out / "eval" / bench), limit=limit, batch_size=16,
                          progress=False, model_name=PRESET)
         start = time.perf_counter()
@@ -228,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = [a for a in args.overrides if a != "--"]
 
     minibench = generate_minibench(out, plan["size"], args.seed, plan["train_size"])
+    generate_look_items(minibench, LOOK_ITEMS["quick" if args.quick else "full"], args.seed)
     run = {"minibench_size": plan["size"], "train_size": plan["train_size"], "seed": args.seed, "config": str(CONFIG.relative_to(REPO))}
     if args.from_stage > 1 and (out / "run.json").exists():
         run = json.loads((out / "run.json").read_text("utf-8"))
@@ -238,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if model is None:
             model = build_start_checkpoint(out, minibench, plan["vocab_size"], args.seed)
         result, config, seconds = run_training(
-            model, minibench / "train" / meta, out / name, quick_steps if args.quick else steps,
+            model, minibench / meta, out / name, quick_steps if args.quick else steps,
             args.quick, changes + extra)
         run[f"stage{number}"] = dict(
             data=meta, steps=result.global_step, minutes=round(seconds / 60, 1),

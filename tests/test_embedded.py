@@ -60,7 +60,7 @@ def test_quick_recipe_writes_a_complete_small_folder(quick_run):
     total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     assert total <= 25 * 2**20, f"{folder} holds {total / 2**20:.1f} MiB (limit 25)"
     config = json.loads((folder / "config.json").read_text("utf-8"))
-    assert config["template"] == "tilevl" and config["max_dynamic_patch"] == 6
+    assert config["template"] == "tilevl" and config["max_dynamic_patch"] == 1  # trained on one tile
     scores = json.loads((out / "scores.json").read_text("utf-8"))
     assert [scores["run"][f"stage{i}"]["steps"] for i in range(1, len(recipe.STAGES) + 1)] == [
         quick for _, _, _, quick, _ in recipe.STAGES]
