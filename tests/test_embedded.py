@@ -135,3 +135,17 @@ def test_tokenizer_corpus_carries_the_template_scaffold(tmp_path):
     tokenizer = build_bpe_tokenizer(corpus=texts, vocab_size=400)
     assert len(tokenizer("assistant")["input_ids"]) == 1
     assert len(tokenizer("You are tilevl-tiny, a small vision-language model.")["input_ids"]) <= 16  # bytes: 51
+
+
+def test_second_stage_mixes_the_train_split_with_repeated_look_items(quick_run):
+    """The recipe's mix_meta.json loads as two sources whose paths exist; look items repeat."""
+    from tilevl.data.meta import load_meta, repeat_indices
+
+    recipe, out = quick_run
+    specs = {spec.name: spec for spec in load_meta(out / "minibench" / "mix_meta.json")}
+    assert set(specs) == {"minibench_train", "minibench_look"}
+    for spec in specs.values():
+        assert spec.annotation.is_file() and spec.root.is_dir()
+    look = specs["minibench_look"]
+    assert look.repeat_time == recipe.LOOK_REPEAT
+    assert len(repeat_indices(8, look.repeat_time)) == 8 * recipe.LOOK_REPEAT
