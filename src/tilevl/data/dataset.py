@@ -186,18 +186,25 @@ class SFTDataset(Dataset):
         return state
 
     # ---- validation and reporting ---------------------------------------------------------
-    def scan(self) -> list[int]:
+    def scan(self, progress: bool = False) -> list[int]:
         """Check every record without decoding pixels, and measure each item's length.
 
         Image files are opened for their size only (a truncated file is still found later,
         on access). Bad records are counted as on access; `strict` raises on the first.
 
+        Args:
+            progress: show a progress bar (a 100 000-record mix takes minutes on 2 cores).
         Returns:
             Per index, the token length of the sample served there (after truncation;
             a bad record's index gets its replacement's length).
         """
         by_key: dict[tuple[int, int], int] = {}
-        for j in range(len(self)):
+        indices = range(len(self))
+        if progress:
+            from tqdm.auto import tqdm
+
+            indices = tqdm(indices, desc="checking records", unit="rec", mininterval=2.0)
+        for j in indices:
             key = self._key(j)
             if key in by_key or key in self._bad:
                 continue

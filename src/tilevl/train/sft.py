@@ -454,7 +454,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     data = dict(tokenizer=tokenizer, config=inner.config, max_seq_length=config.max_seq_length,
                 strict=config.strict, seed=config.seed)
     dataset = SFTDataset(config.meta_path, **data)
-    lengths = dataset.scan()  # checks every record once; lengths drive grouping and packing
+    # checks every record once; lengths drive grouping and packing
+    lengths = dataset.scan(progress=args.should_log)
     eval_dataset = SFTDataset(config.eval_meta_path, **data) if config.eval_meta_path else None
     pad = pad_id(tokenizer, get_template(inner.config.template))
     trainable, total = count_parameters(model)
