@@ -37,7 +37,9 @@ def _demo_embedded(args: argparse.Namespace) -> int:
 
     from tilevl.assets import DEFAULT_MODEL
     from tilevl.eval.runner import EvalConfig, evaluate
+    from tilevl.inputs.image import preprocess
     from tilevl.minibench import generate, make_item
+    from tilevl.minibench.formats import mmbench_prompt
     from tilevl.resolve import open_model
 
     out = Path(args.out)
@@ -51,9 +53,8 @@ def _demo_embedded(args: argparse.Namespace) -> int:
         item = make_item(category, rng)
         path = out / f"{category}.png"
         item.image.save(path)
-        options = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(item.options))
-        question = f"{item.question}\n{options}\nAnswer with the option's letter from the given choices directly."
-        pixels = __import__("tilevl").preprocess(item.image, model.image_settings)
+        question = mmbench_prompt(item.question, item.hint, item.options)
+        pixels = preprocess(item.image, model.image_settings)
         reply = model.chat(tokenizer, pixels, question, dict(max_new_tokens=8, do_sample=False))
         right = "ABCD"[item.answer]
         print(f"\n{path}\n  Q: {item.question}  ({' / '.join(item.options)})\n"
@@ -64,7 +65,9 @@ def _demo_embedded(args: argparse.Namespace) -> int:
                     formats=("mcq",), overwrite=True)
     evaluate(model, tokenizer, EvalConfig(
         bench="minibench", data=str(Path(info["out_dir"]) / "dev" / "mcq.tsv"), out=str(out / "eval"),
-        batch_size=16, limit=args.questions, progress=True, model_name=DEFAULT_MODEL))
+        batch_size=16, limit=args.questions, progress=True, model_name=DEFAULT_MODEL,
+        # the tile budget it was trained with (one tile), not the benchmark's default of 6
+        max_tiles=model.image_settings.max_num))
     print((out / "eval" / "results.md").read_text())
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; files in {out}")
     return 0
