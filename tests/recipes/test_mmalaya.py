@@ -117,3 +117,33 @@ def test_table_shows_change_from_base():
     assert table[0] == "| Model | ocr* | ocr2 | Trained avg | Average |"
     assert table[2] == "| base | 50.0 | 80.0 | 50.0 | 60.0 |"
     assert table[3] == "| ties | 62.5 (+12.5) | 75.0 (-5.0) | 62.5 (+12.5) | 66.0 (+6.0) |"
+
+
+class AlwaysWrong(AlwaysRight):
+    def __call__(self, samples, prompts, k, batch_number):
+        return [[f"Answer: {'B' if s.record['answer'] == 'A' else 'A'}"] * k for s in samples]
+
+
+@pytest.mark.parametrize("answers", ["letter", "text"])
+def test_plain_data_answers_multiple_choice_as_configured(tmp_path, monkeypatch, answers):
+    """No CoT record survives, so the category falls back to the generator's items; with
+    plain_answers: text their multiple-choice turns are answered with the option's text."""
+    from tilevl.data.meta import load_meta
+    from tilevl.minibench.formats import MCQ_PROMPT
+
+    cfg = load_mmalaya_config(CONFIGS / "mmalaya_mini.yaml", quick=True, run_dir=str(tmp_path),
+                              plain_answers=answers)
+    base = prepare_base(cfg, tmp_path)
+    monkeypatch.setattr("tilevl.recipes.cot.ModelSampler", lambda *a, **k: AlwaysWrong())
+    choice = build_category_data(cfg, _Models(cfg), base, "color_recognition", tmp_path)
+    assert choice["mode"] == "plain" and choice["cot"]["kept"] == 0
+    (spec,) = load_meta(choice["meta_path"])
+    replies = [turn["value"] for line in spec.annotation.read_text().splitlines()
+               for ask, turn in zip(json.loads(line)["conversations"][::2],
+                                    json.loads(line)["conversations"][1::2])
+               if ask["value"].endswith(MCQ_PROMPT)]
+    assert replies
+    if answers == "letter":
+        assert set(replies) <= set("ABCD")
+    else:
+        assert not set(replies) & set("ABCD") and all(len(r) > 1 for r in replies)

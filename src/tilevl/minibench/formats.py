@@ -7,6 +7,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 from tilevl.minibench.items import LETTERS
 
@@ -135,3 +136,37 @@ def meta_json(name: str, annotation: str, length: int, root: str = "images/") ->
     """
     return {name: {"root": root, "annotation": annotation, "data_augment": False,
                    "repeat_time": 1, "length": length}}
+
+
+def worded_mcq_file(src, dst) -> int:
+    """Copy a training jsonl, answering its multiple-choice turns with the chosen option's
+    text instead of its letter; returns how many turns changed.
+
+    A turn counts as multiple choice when its prompt ends with the MMBench instruction and the
+    reply is a single letter A-D.  The prompt is kept: MMBench's rule
+    (`tilevl.eval.metrics.choices.extract_choice`: the letter, else the one option text the
+    answer contains) reads a reply in words as that option.  For a model too small to learn
+    the letter lookup (tilevl-tiny); see scripts/train_tilevl_tiny.py.
+
+    Raises:
+        ValueError: a letter whose option is not (exactly once) in its prompt, naming the
+            file, line and record id.
+    """
+    changed, lines = 0, []
+    with open(src, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            record = json.loads(line)
+            turns = record["conversations"]
+            for ask, reply in zip(turns[::2], turns[1::2]):
+                letter = reply["value"]
+                if not (ask["value"].endswith(MCQ_PROMPT) and letter in LETTERS):
+                    continue
+                option = [row[3:] for row in ask["value"].split("\n") if row.startswith(f"{letter}. ")]
+                if len(option) != 1:
+                    raise ValueError(f"{src}:{number}: record {record.get('id')!r}: no single "
+                                     f"option {letter} in its multiple-choice prompt")
+                reply["value"] = option[0]
+                changed += 1
+            lines.append(json.dumps(record, ensure_ascii=False))
+    Path(dst).write_text("".join(line + "\n" for line in lines), "utf-8")
+    return changed

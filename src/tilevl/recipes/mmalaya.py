@@ -45,6 +45,9 @@ class MMAlayaConfig:
         train_items: multiple-choice items per category in its targeted training split.
         cot_samples, cot_temperature, cot_max_new_tokens: the CoT sampling.
         cot_min_records: the least CoT records "auto" accepts for a category.
+        plain_answers: how the plain data answers multiple choice: "letter" (the gold
+            letter) or "text" (the chosen option's text, for a base that answers in words,
+            like tilevl-tiny; `tilevl.minibench.formats.worded_mcq_file`).
         train_config: a `tilevl train` YAML the `train` values are layered on (optional).
         train: TrainConfig values (use_llm_lora, learning_rate, max_steps, …).
         merge_methods: merge methods compared (the first is the recipe's, TIES).
@@ -72,6 +75,7 @@ class MMAlayaConfig:
     cot_temperature: float = 0.7
     cot_max_new_tokens: int = 512
     cot_min_records: int = 20
+    plain_answers: Literal["letter", "text"] = "letter"
     train_config: str | None = None
     train: dict = field(default_factory=dict)
     merge_methods: list[str] = field(default_factory=lambda: ["ties", "linear", "task_arithmetic"])
@@ -316,6 +320,8 @@ def build_category_data(cfg: MMAlayaConfig, models: _Models, base: Path, categor
         raise ConfigError(f"data_mode: cot kept no question of {category} "
                           f"({cot['questions']} asked); use data_mode auto or plain")
     meta = folder / "cot" / "meta.json" if use_cot else bench / "train" / "meta.json"
+    if not use_cot and cfg.plain_answers == "text":
+        meta = _worded_meta(bench / "train")
     records = cot["records"] if use_cot else json.loads(meta.read_text())["minibench_train"]["length"]
     choice = {"mode": "cot" if use_cot else "plain", "meta_path": str(meta), "records": records,
               "cot": None if cot is None else {k: cot[k] for k in ("questions", "kept", "dropped",
@@ -323,6 +329,20 @@ def build_category_data(cfg: MMAlayaConfig, models: _Models, base: Path, categor
     write_json(choice_path, choice)
     _say(f"{category}: {choice['mode']} data, {records} records")
     return choice
+
+
+def _worded_meta(split: Path) -> Path:
+    """split/meta_worded.json: the split's records with multiple choice answered in words."""
+    from tilevl.minibench.formats import worded_mcq_file
+
+    entries = json.loads((split / "meta.json").read_text(encoding="utf-8"))
+    for entry in entries.values():
+        worded = Path(entry["annotation"]).with_suffix(".worded.jsonl").name
+        worded_mcq_file(split / entry["annotation"], split / worded)
+        entry["annotation"] = worded
+    meta = split / "meta_worded.json"
+    write_json(meta, entries)
+    return meta
 
 
 def train_lora(cfg: MMAlayaConfig, base: Path, category: str, meta_path: str, run: Path) -> Path:
