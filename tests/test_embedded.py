@@ -149,3 +149,4 @@ def test_second_stage_mixes_the_train_split_with_repeated_look_items(quick_run):
     look = specs["minibench_look"]
     assert look.repeat_time == recipe.LOOK_REPEAT
     assert len(repeat_indices(8, look.repeat_time)) == 8 * recipe.LOOK_REPEAT
+    assert specs["minibench_train"].annotation.name == recipe.WORDED_TRAIN
