@@ -209,7 +209,7 @@ def _say(message: str) -> None:
 
 # ---- the steps ------------------------------------------------------------------------------------
 def prepare_base(cfg: MMAlayaConfig, run: Path) -> Path:
-    """The base checkpoint folder (a preset is written to `run/base` once)."""
+    """The base checkpoint folder (a shipped model's or preset's name is written to `run/base` once)."""
     import torch
 
     if Path(cfg.model).is_dir():
@@ -223,7 +223,7 @@ def prepare_base(cfg: MMAlayaConfig, run: Path) -> Path:
         # Not quiet: a preset without shipped weights is random, and the table would say nothing.
         model, tokenizer = open_model(cfg.model)
         save_model(model, target, tokenizer=tokenizer, overwrite=True)
-        _say(f"saved preset {cfg.model!r} to {target}")
+        _say(f"saved {cfg.model!r} to {target}")
     return target
 
 
