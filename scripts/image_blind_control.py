@@ -31,9 +31,9 @@ def swap_images(rows: list[dict], seed: int = 0) -> list[dict]:
             by_category[row["category"]].append(item)
     new_image = {}
     rng = random.Random(seed)
-    for items in by_category.values():
+    for category, items in by_category.items():
         if len(items) < 2:
-            raise ValueError(f"category {rows[0]['category']!r}: one item, nothing to swap with")
+            raise ValueError(f"category {category!r} has one item: nothing to swap its image with")
         shifted = items[:]
         rng.shuffle(shifted)  # a rotation of a shuffled order: no item keeps its own image
         for a, b in zip(shifted, shifted[1:] + shifted[:1]):

@@ -150,3 +150,23 @@ def test_second_stage_mixes_the_train_split_with_repeated_look_items(quick_run):
     assert look.repeat_time == recipe.LOOK_REPEAT
     assert len(repeat_indices(8, look.repeat_time)) == 8 * recipe.LOOK_REPEAT
     assert specs["minibench_train"].annotation.name == recipe.WORDED_TRAIN
+
+
+def test_image_blind_control_swaps_images_within_a_category():
+    """Every item gets another item's image of its own category; circular copies agree."""
+    spec = importlib.util.spec_from_file_location(
+        "image_blind_control", REPO / "scripts" / "image_blind_control.py")
+    control = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(control)
+    rows = [{"index": str(i + k * control.STRIDE), "image": f"img{i}", "category": "ab"[i % 2]}
+            for k in range(2) for i in range(6)]
+    swapped = control.swap_images(rows, seed=3)
+    by_item = {}
+    for row, new in zip(rows, swapped):
+        item = int(row["index"]) % control.STRIDE
+        assert new["image"] != row["image"] and new["category"] == row["category"]
+        assert int(new["image"][3:]) % 2 == item % 2  # from the same category
+        assert by_item.setdefault(item, new["image"]) == new["image"]  # copies agree
+    assert sorted(by_item.values()) == sorted(f"img{i}" for i in range(6))  # a permutation
+    with pytest.raises(ValueError, match="category 'c' has one item"):
+        control.swap_images(rows + [{"index": "9", "image": "x", "category": "c"}])
