@@ -43,7 +43,7 @@ QUICK = dict(size=24, train_size=None, vocab_size=400, eval_limit=2)
 # the vision side works before the full mix; from scratch on the full mix alone the model
 # learned every answer type and never read the image (README, "The embedded model").  700
 # look steps read the images in one run (scene 81 %, spread 94 %) and far less in the next
-# (scene 71 %, topic 33 %, spread 33 %), so the stage has 1 200 (~6.5 min).
+# (scene 71 %, topic 33 %, spread 33 %), so the stage has 1 200 (8.2 min in the shipped run).
 # The second stage keeps the look items in its mix (mix_meta.json): from the look stage's
 # model, 500 steps of the MiniBench mix alone brought back one reply per category (the visual
 # tokens' spread across images fell from 94 % to 3 %); with the look items kept in (a third
@@ -54,7 +54,7 @@ QUICK = dict(size=24, train_size=None, vocab_size=400, eval_limit=2)
 # 367 -> 1 397) and the scene replies fell from 100 % to 50 % by step 500; with the vision side
 # frozen but the LLM at 2e-3 they fell to 19 % (the LLM forgot where to look); at 3e-4 they
 # stayed at 100 % through 1 500 steps.  Its multiple-choice turns are answered in words
-# (worded_mcq_records): at 3e-4 the letters stayed at chance.
+# (WORDED_TRAIN below): at 3e-4 the letters stayed at chance.
 STAGES = (
     ("look", "look/meta.json", 1200, 2, []),
     ("train", "mix_meta.json", 1200, 2, ["--freeze_backbone", "true", "--freeze_mlp", "true",
