@@ -229,3 +229,58 @@ def test_square_loss_reduction_trains(colour_meta, tmp_path):
     assert losses(result)[-1] < losses(result)[0] and all(math.isfinite(x) for x in losses(result))
     with pytest.raises(ConfigError, match="loss_reduction"):
         run(colour_meta, tmp_path / "bad", max_steps=1, loss_reduction="mean")
+
+
+class GroupRates(TrainerCallback):
+    """Records each optimizer group's part and learning rate after every step."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, set[float]]] = []
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        from tilevl.train.sft import param_part
+
+        part = {id(p): param_part(n) for n, p in model.named_parameters()}
+        rates: dict[str, set[float]] = {}
+        for group in optimizer.param_groups:
+            parts = {part[id(p)] for p in group["params"]}
+            assert len(parts) == 1, "a group mixes parts of the network"
+            rates.setdefault(parts.pop(), set()).add(group["lr"])
+        self.seen.append(rates)
+
+
+def test_per_part_learning_rates(colour_meta, tmp_path):
+    callback = GroupRates()
+    result = run(colour_meta, tmp_path / "out", max_steps=4, learning_rate=4e-3,
+                 vision_learning_rate=1e-3, mlp_learning_rate=2e-3, warmup_ratio=0.0,
+                 callbacks=[callback])
+    assert result.global_step == 4 and len(callback.seen) == 4
+    for rates in callback.seen:  # the scheduler scales all parts alike
+        assert set(rates) == {"vision", "mlp", "llm"}
+        llm, = rates["llm"]
+        vision, = rates["vision"]
+        mlp, = rates["mlp"]
+        assert vision == pytest.approx(llm / 4) and mlp == pytest.approx(llm / 2)
+        assert 0 < llm <= 4e-3
+    with pytest.raises(ConfigError, match="vision_learning_rate"):
+        run(colour_meta, tmp_path / "bad", max_steps=1, vision_learning_rate=0.0)
+
+
+def test_param_groups_sort_lora_and_frozen_parameters():
+    from tilevl.train.args import TrainConfig
+    from tilevl.train.sft import param_groups, param_part
+
+    assert param_part("base_model.model.vision_model.encoder.layers.0.attn.qkv.lora_A.default.weight") == "vision"
+    assert param_part("base_model.model.mlp1.1.weight") == "mlp"
+    assert param_part("language_model.model.layers.0.mlp.up_proj.weight") == "llm"  # "mlp" ≠ "mlp1"
+
+    model = torch.nn.ModuleDict({"vision_model": torch.nn.Linear(2, 2), "mlp1": torch.nn.Linear(2, 2),
+                                 "language_model": torch.nn.Linear(2, 2)})
+    model["language_model"].bias.requires_grad_(False)
+    config = TrainConfig(learning_rate=1.0, vision_learning_rate=0.1, weight_decay=0.5)
+    groups = param_groups(model, config, decay_names={"vision_model.weight", "mlp1.weight",
+                                                      "language_model.weight"})
+    summary = sorted((g["lr"], g["weight_decay"], len(g["params"])) for g in groups)
+    # mlp falls back to learning_rate; the frozen bias is in no group.
+    assert summary == [(0.1, 0.0, 1), (0.1, 0.5, 1), (1.0, 0.0, 1), (1.0, 0.5, 1), (1.0, 0.5, 1)]
+    assert sum(len(g["params"]) for g in groups) == 5

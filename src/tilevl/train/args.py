@@ -64,6 +64,10 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     # ---- optimisation -----------------------------------------------------------------------
     learning_rate: float = 1e-5
+    # Per-part learning rates (None: learning_rate), as LLaVA's mm_projector_lr: the vision
+    # tower (InternViT and its LoRA) and the projector (mlp1); the scheduler scales each alike.
+    vision_learning_rate: float | None = None
+    mlp_learning_rate: float | None = None
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.05
@@ -107,6 +111,10 @@ class TrainConfig:
             (not (self.pack_to_tokens and self.group_by_length), "pack_to_tokens",
              "and group_by_length exclude each other (packing already groups by length)"),
             (self.learning_rate > 0, "learning_rate", "must be > 0"),
+            (self.vision_learning_rate is None or self.vision_learning_rate > 0,
+             "vision_learning_rate", "must be > 0 (or unset: learning_rate)"),
+            (self.mlp_learning_rate is None or self.mlp_learning_rate > 0,
+             "mlp_learning_rate", "must be > 0 (or unset: learning_rate)"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)"),
             (self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be ≥ 1"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be ≥ 1"),

@@ -95,6 +95,32 @@ def make_batch_sampler(config: TrainConfig, lengths: Sequence[int], world_size: 
     return GlobalBatchSampler(inner, world_size, rank)
 
 
+def param_part(name: str) -> str:
+    """"vision", "mlp" or "llm": the part of the InternVL network a parameter name belongs to
+    (also under PEFT's `base_model.model.` prefix and for LoRA weights)."""
+    parts = name.split(".")
+    if "vision_model" in parts:
+        return "vision"
+    if "mlp1" in parts:
+        return "mlp"
+    return "llm"
+
+
+def param_groups(model, config: TrainConfig, decay_names: set[str]) -> list[dict]:
+    """The trainable parameters in optimizer groups by part (its learning rate) and by weight
+    decay (Trainer's rule: none on biases and norms). Empty groups are left out."""
+    rates = {"llm": config.learning_rate,
+             "vision": config.vision_learning_rate or config.learning_rate,
+             "mlp": config.mlp_learning_rate or config.learning_rate}
+    grouped: dict[tuple[str, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            grouped.setdefault((param_part(name), name in decay_names), []).append(param)
+    return [{"params": params, "lr": rates[part],
+             "weight_decay": config.weight_decay if decay else 0.0}
+            for (part, decay), params in sorted(grouped.items())]
+
+
 # ---- the Trainer --------------------------------------------------------------------------------
 class SFTTrainer(Trainer):
     """Trainer with our batch samplers, atomic checkpoints and a checkpoint format for our model.
@@ -134,6 +160,18 @@ class SFTTrainer(Trainer):
         if shard is not None and getattr(shard, "batch_sampler", None) is self.train_batch_sampler:
             shard.num_processes, shard.process_index = 1, 0
         return prepared
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the vision tower and projector at their own learning
+        rates when `vision_learning_rate` / `mlp_learning_rate` are set (see param_groups)."""
+        config = self.train_config
+        if self.optimizer is None and (config.vision_learning_rate is not None
+                                       or config.mlp_learning_rate is not None):
+            opt_model = self.model if model is None else model
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            groups = param_groups(opt_model, config, set(self.get_decay_parameter_names(opt_model)))
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return super().create_optimizer(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs.get("attention_mask")
