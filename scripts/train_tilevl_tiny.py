@@ -41,27 +41,30 @@ QUICK = dict(size=24, train_size=None, vocab_size=400, eval_limit=2)
 # MiniBench folder), steps (None: the YAML's) and steps under --quick, and overrides of the
 # YAML.  "look" first: easy items whose answer a whole tile shows (tilevl.minibench.look), so
 # the vision side works before the full mix; from scratch on the full mix alone the model
-# learned every answer type and never read the image (README, "The embedded model").  700
-# look steps read the images in one run (scene 81 %, spread 94 %) and far less in the next
-# (scene 71 %, topic 33 %, spread 33 %), so the stage has 1 200 (8.2 min in the shipped run).
+# learned every answer type and never read the image (README, "The embedded model").
+# The learning rate decides whether the image is read at all.  Probes on the easy colour and
+# shape items alone (800 steps from the random start, 32 fresh items each): at 2e-3 (the
+# first recipe's rate) the reply was one colour for every image and the ViT's output norm grew
+# 15 -> 554; at 5e-4 colour 50 %; at 2.5e-4 and 1.25e-4 colour 100 % (shape ~10 %: a shape
+# squashed into one square tile is hard to name).  The YAML's 2e-4 sits between the last two;
+# the look stage runs 2 000 steps over 9 categories (~3 500 items of each).
 # The second stage keeps the look items in its mix (mix_meta.json): from the look stage's
 # model, 500 steps of the MiniBench mix alone brought back one reply per category (the visual
-# tokens' spread across images fell from 94 % to 3 %); with the look items kept in (a third
-# of that mix), the replies kept following the image (scene 100 %, spread 62 %).  In the full
-# mix they repeat LOOK_REPEAT times: 21 000 of 101 400 records.
-# Stage 2 freezes the vision tower and projector and trains the LLM at 3e-4 (the YAML's 2e-3
-# suits training from scratch): with everything trained at 2e-3 the visual tokens grew (norm
-# 367 -> 1 397) and the scene replies fell from 100 % to 50 % by step 500; with the vision side
-# frozen but the LLM at 2e-3 they fell to 19 % (the LLM forgot where to look); at 3e-4 they
-# stayed at 100 % through 1 500 steps.  Its multiple-choice turns are answered in words
-# (WORDED_TRAIN below): at 3e-4 the letters stayed at chance.
+# tokens' spread across images fell from 94 % to 3 %); with the look items kept in, the replies
+# kept following the image.  In the full mix they repeat LOOK_REPEAT times: 18 000 of 98 400
+# records.  Stage 2 freezes the vision tower and projector and trains the LLM at 3e-4: with
+# everything trained at 2e-3 the scene replies fell from 100 % to 50 % by step 500; from a
+# colour-only look model, 300 mix steps with everything at 2.5e-4 took colour from 100 % to
+# 9 %; with the vision side frozen and the LLM at 3e-4 the scene replies stayed at 100 %
+# through 1 500 steps.  Its multiple-choice turns are answered in words (WORDED_TRAIN below):
+# at 3e-4 the letters stayed at chance.
 STAGES = (
-    ("look", "look/meta.json", 1200, 2, []),
-    ("train", "mix_meta.json", 1200, 2, ["--freeze_backbone", "true", "--freeze_mlp", "true",
+    ("look", "look/meta.json", 2000, 2, []),
+    ("train", "mix_meta.json", 1500, 2, ["--freeze_backbone", "true", "--freeze_mlp", "true",
                                          "--learning_rate", "3e-4"]),
 )
-LOOK_ITEMS = dict(full=4200, quick=8)
-LOOK_REPEAT = 5
+LOOK_ITEMS = dict(full=9000, quick=9)
+LOOK_REPEAT = 2
 
 def log(message: str) -> None:
     print(f"[train_tilevl_tiny] {message}", file=sys.stderr, flush=True)
@@ -94,12 +97,15 @@ def generate_look_items(minibench: Path, n: int, seed: int) -> Path:
 
     root = minibench / "look"
     info_file = root / "info.json"
-    if info_file.exists() and json.loads(info_file.read_text("utf-8")) == {"n": n, "seed": seed}:
+    from tilevl.minibench.look import LOOK_CATEGORIES
+
+    want = {"n": n, "seed": seed, "categories": list(LOOK_CATEGORIES)}
+    if info_file.exists() and json.loads(info_file.read_text("utf-8")) == want:
         log(f"reusing {root} ({n} look items, seed {seed})")
         return root
     start = time.perf_counter()
     generate_look(root, n, seed, progress=True)
-    info_file.write_text(json.dumps({"n": n, "seed": seed}) + "\n", "utf-8")
+    info_file.write_text(json.dumps(want) + "\n", "utf-8")
     log(f"{n} look items in {time.perf_counter() - start:.0f} s")
     return root
 
