@@ -47,7 +47,8 @@ QUICK = dict(size=24, train_size=None, vocab_size=400, eval_limit=2)
 # first recipe's rate) the reply was one colour for every image and the ViT's output norm grew
 # 15 -> 554; at 5e-4 colour 50 %; at 2.5e-4 and 1.25e-4 colour 100 % (shape ~10 %: a shape
 # squashed into one square tile is hard to name).  The YAML's 2e-4 sits between the last two;
-# the look stage runs 2 000 steps over 9 categories (~3 500 items of each).
+# the look stage runs 2 000 steps of 16 over 9 categories (~3 500 samples of each, 3.6
+# passes over the 9 000 look items).
 # The second stage keeps the look items in its mix (mix_meta.json): from the look stage's
 # model, 500 steps of the MiniBench mix alone brought back one reply per category (the visual
 # tokens' spread across images fell from 94 % to 3 %); with the look items kept in, the replies

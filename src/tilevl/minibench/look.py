@@ -4,8 +4,8 @@ A model trained from scratch on the full MiniBench mix learns every question's a
 long before it learns to read the image, and then stops reading it (the visual tokens turn
 into a constant). A first stage on questions that only the image answers, and that a whole
 112 px tile answers at a glance (scene, quality, style, topic, a face's expression, one big
-shape's colour and name, where a shape is, how many there are), gets the vision side working first: see configs/tilevl_tiny.yaml
-and scripts/train_tilevl_tiny.py.
+shape's colour and name, where a shape is, how many there are), gets the vision side
+working first: see configs/tilevl_tiny.yaml and scripts/train_tilevl_tiny.py.
 
 Items come from the same generator (`make_item`, easy variant) with seeds of their own, so
 they share no image with MiniBench's train/dev/test splits.
