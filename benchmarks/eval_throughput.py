@@ -1,7 +1,13 @@
 """Evaluation throughput: questions per second through the runner with batch 8 vs batch 1,
 on the `small` preset (random weights), both timed in this one process; ratio printed last.
 
+Each dtype is timed on its own model (fp32 and bf16 on CPU: bf16 is what every published
+InternVL checkpoint stores and what `tilevl eval` keeps; on a CPU with AMX it halves the
+compute-bound prefill, where batching cannot help).  The last line is the demanding reading:
+the best batch-8 rate over the best batch-1 rate, whatever dtype each came from.
+
 Usage: PYTHONPATH=src python benchmarks/eval_throughput.py [--questions 24] [--device cuda]
+       [--dtypes fp32,bf16]
 """
 
 from __future__ import annotations
@@ -53,48 +59,59 @@ def run(model, tokenizer, data: Path, out: Path, batch_size: int, tokens: int) -
     return timing["questions_per_s"]
 
 
+def vision_ms(model, device: str) -> float:
+    """Milliseconds of vision tower per question (one tile), measured at batch 8."""
+    import time
+
+    tiles = torch.randn(8, 3, model.config.image_size, model.config.image_size,
+                        device=device, dtype=model.dtype)
+    with torch.no_grad():
+        model.extract_feature(tiles)
+        start = time.perf_counter()
+        model.extract_feature(tiles)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / 8
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timings; best kept")
     parser.add_argument("--tokens", type=int, default=16, help="answer length (forced)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--dtypes", default=None,
+                        help="comma-separated; default fp32,bf16 on CPU and bf16 on CUDA")
     args = parser.parse_args()
 
     from tilevl.resolve import open_model
 
-    model, tokenizer = open_model("small", dtype=args.dtype, device=args.device, quiet=True)
+    dtypes = (args.dtypes or ("fp32,bf16" if args.device == "cpu" else "bf16")).split(",")
     print(f"small preset on {args.device} ({torch.get_num_threads()} threads), "
           f"{args.questions} questions, 1 tile each, {args.tokens} new tokens per answer")
+    rates: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = write_questions(tmp, args.questions)
-        run(model, tokenizer, data, tmp / "warmup", 8, 2)  # first-call costs out of the timing
-        # Interleaved and best-of: on a shared machine load drifts between runs.
-        base = ours = 0.0
-        for r in range(args.repeats):
-            base = max(base, run(model, tokenizer, data, tmp / f"b1-{r}", 1, args.tokens))
-            ours = max(ours, run(model, tokenizer, data, tmp / f"b8-{r}", 8, args.tokens))
-        print(f"batch 1 (baseline): {base:.2f} questions/s")
-        print(f"batch 8:            {ours:.2f} questions/s")
-    print(f"ratio batch 8 / batch 1: {ours / base:.2f}x (goal >= 3x)")
-    # The part batching cannot share on a compute-bound device: the vision tower, one tile
-    # per question at any batch size. Its share of a batch-1 question bounds the ratio.
-    import time
-
-    tiles = torch.randn(8, 3, model.config.image_size, model.config.image_size,
-                        device=args.device, dtype=model.dtype)
-    with torch.no_grad():
-        model.extract_feature(tiles)
-        start = time.perf_counter()
-        model.extract_feature(tiles)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        vision = (time.perf_counter() - start) / 8
-    print(f"vision tower: {1000 * vision:.1f} ms per question = {100 * vision * base:.0f} % of a "
-          f"batch-1 question; with everything else free the ratio could not pass "
-          f"{1 / (vision * base):.1f}x")
+        for dtype in dtypes:
+            model, tokenizer = open_model("small", dtype=dtype, device=args.device, quiet=True)
+            run(model, tokenizer, data, tmp / f"warmup-{dtype}", 8, 2)  # first-call costs out
+            # Interleaved and best-of: on a shared machine load drifts between runs.
+            base = ours = 0.0
+            for r in range(args.repeats):
+                base = max(base, run(model, tokenizer, data, tmp / f"{dtype}-b1-{r}", 1, args.tokens))
+                ours = max(ours, run(model, tokenizer, data, tmp / f"{dtype}-b8-{r}", 8, args.tokens))
+            rates[dtype] = (base, ours)
+            vision = vision_ms(model, args.device)
+            print(f"{dtype}: batch 1 (baseline) {base:.2f} questions/s, batch 8 {ours:.2f} "
+                  f"questions/s -> {ours / base:.2f}x; vision tower {vision:.1f} ms per question "
+                  f"({100 * vision * base / 1000:.0f} % of a batch-1 question)")
+    # The most demanding reading: batch 8 in its best dtype against batch 1 in *its* best
+    # dtype (on CPU, batch 1 is per-step overhead bound and often fastest in fp32).
+    best_base = max(rates, key=lambda d: rates[d][0])
+    best_ours = max(rates, key=lambda d: rates[d][1])
+    ratio = rates[best_ours][1] / rates[best_base][0]
+    print(f"ratio batch 8 ({best_ours}) / batch 1 ({best_base}): {ratio:.2f}x (goal >= 3x)")
     return 0
 
 
