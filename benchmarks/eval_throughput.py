@@ -17,6 +17,7 @@ import base64
 import io
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -61,8 +62,6 @@ def run(model, tokenizer, data: Path, out: Path, batch_size: int, tokens: int) -
 
 def vision_ms(model, device: str) -> float:
     """Milliseconds of vision tower per question (one tile), measured at batch 8."""
-    import time
-
     tiles = torch.randn(8, 3, model.config.image_size, model.config.image_size,
                         device=device, dtype=model.dtype)
     with torch.no_grad():
