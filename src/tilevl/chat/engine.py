@@ -268,7 +268,7 @@ def _generate_from_shared_prefix(model, prompts: Sequence[Sequence[int]], shared
     rows = len(prompts)
     prefix = torch.tensor([list(prompts[0][:shared])], device=device)
     cache = DynamicCache(config=llm.config)
-    llm.model(input_ids=prefix, past_key_values=cache, use_cache=True,
+    llm.model(input_ids=prefix, cache=cache, use_cache=True,
               position_ids=torch.arange(shared, device=device)[None])
     cache.batch_repeat_interleave(rows)
     rest, rest_mask = left_pad([p[shared:] for p in prompts], pad)
@@ -281,10 +281,9 @@ def _generate_from_shared_prefix(model, prompts: Sequence[Sequence[int]], shared
         embeds = model.embed_inputs(rest[:, :-1], pixel_values)  # every image slot is in here
         positions = shared + (rest_mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
         llm.model(inputs_embeds=embeds, attention_mask=attention_mask[:, :-1],
-                  position_ids=positions, past_key_values=cache, use_cache=True,
-                  cache_position=torch.arange(shared, shared + width - 1, device=device))
+                  position_ids=positions, cache=cache, use_cache=True)
     out = llm.generate(input_ids=input_ids, attention_mask=attention_mask,
-                       past_key_values=cache, **kwargs)
+                       cache=cache, **kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
     return sequences[:, input_ids.shape[1]:]
 

@@ -159,13 +159,12 @@ class ChatSession:
             embeds = self._embed(segment, self._slots_before(ids, keep), None)
             positions = torch.arange(keep, len(ids) - 1, device=device)[None]
             llm.model(
-                inputs_embeds=embeds, past_key_values=self._cache, use_cache=True,
-                position_ids=positions, cache_position=positions[0],
+                inputs_embeds=embeds, cache=self._cache, use_cache=True, position_ids=positions,
                 attention_mask=torch.ones(1, len(ids) - 1, dtype=torch.long, device=device),
             )
             self.stats["prefill_tokens"] += len(ids) - 1 - keep
         out = llm.generate(
-            input_ids=full, attention_mask=torch.ones_like(full), past_key_values=self._cache, **kwargs
+            input_ids=full, attention_mask=torch.ones_like(full), cache=self._cache, **kwargs
         )
         sequence = out[0].tolist()
         self._cached_ids = sequence[: self._cache.get_seq_length()]

@@ -138,7 +138,7 @@ class VisionLanguageModel(nn.Module):
     ):
         """Logits (and the loss when `labels` are given, -100 = ignored) of the LLM.
 
-        Extra keyword arguments (position_ids, past_key_values, use_cache …) go to the LLM.
+        Extra keyword arguments (position_ids, cache, use_cache …) go to the LLM.
         """
         if inputs_embeds is None:
             if input_ids is None:
