@@ -21,6 +21,7 @@ from tilevl.inputs.template import (
     render,
     stop_token_ids,
 )
+from tilevl.model.generation import keep_image
 
 
 @dataclass
@@ -225,7 +226,9 @@ def batch_chat(
         torch.manual_seed(settings.seed)
     kwargs = {**settings.generate_kwargs(tokenizer, template), **extra}
     shared = shared_prefix_length(prompts, model.img_context_token_id)
-    if len(prompts) > 1 and shared >= MIN_SHARED_PREFIX and settings.num_beams == 1:
+    # The shared prefix lives in a KV cache: without one (use_cache=False) take the plain path.
+    if (len(prompts) > 1 and shared >= MIN_SHARED_PREFIX and settings.num_beams == 1
+            and kwargs.get("use_cache", True)):
         out = _generate_from_shared_prefix(model, prompts, shared, pixel_values,
                                            pad_id(tokenizer, template), kwargs)
     else:
@@ -277,13 +280,15 @@ def _generate_from_shared_prefix(model, prompts: Sequence[Sequence[int]], shared
     attention_mask = torch.cat([torch.ones(rows, shared, dtype=rest_mask.dtype, device=device),
                                 rest_mask], 1)
     width = rest.shape[1]
+    features = model.extract_feature(pixel_values) if pixel_values is not None else None
     if width > 1:
-        embeds = model.embed_inputs(rest[:, :-1], pixel_values)  # every image slot is in here
+        embeds = model.embed_inputs(rest[:, :-1], visual_features=features)  # every image slot is in here
         positions = shared + (rest_mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
         llm.model(inputs_embeds=embeds, attention_mask=attention_mask[:, :-1],
                   position_ids=positions, cache=cache, use_cache=True)
-    out = llm.generate(input_ids=input_ids, attention_mask=attention_mask,
-                       cache=cache, **kwargs)
+    with keep_image(llm, input_ids, lambda: model.embed_inputs(input_ids, visual_features=features),
+                    model.img_context_token_id):
+        out = llm.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
     return sequences[:, input_ids.shape[1]:]
 

@@ -20,6 +20,7 @@ from tilevl.chat.engine import (
 )
 from tilevl.errors import InputError
 from tilevl.inputs.template import IMAGE_PLACEHOLDER, build_messages, render
+from tilevl.model.generation import keep_image, longrope_switch_length
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -62,6 +63,7 @@ class ChatSession:
         self._features: list[torch.Tensor] = []  # per image: [tiles * tokens, hidden]
         self._cache: DynamicCache | None = None
         self._cached_ids: list[int] = []
+        self._cache_long = False  # were the cached keys computed past a LongRoPE switch?
         self.stats = {"prefill_tokens": 0, "reused_tokens": 0, "images_encoded": 0}
 
     # ---- images -----------------------------------------------------------------------------
@@ -137,38 +139,67 @@ class ChatSession:
             torch.manual_seed(settings.seed)
         device = model.device
         full = torch.tensor([ids], device=device)
+        context_id = model.img_context_token_id
         if settings.num_beams > 1:
             # Beam search reorders the cache per beam: recompute, but reuse the image features.
             self._cache, self._cached_ids = None, []
-            features = torch.cat(self._features) if self._features else None
-            embeds = self._embed(full, 0, features)
-            out = llm.generate(input_ids=full, inputs_embeds=embeds, attention_mask=torch.ones_like(full), **kwargs)
+            embeds = self._embed(full, 0, None)
+            with keep_image(llm, full, embeds, context_id):
+                out = llm.generate(input_ids=full, inputs_embeds=embeds, attention_mask=torch.ones_like(full),
+                                   **kwargs)
             return out[0, len(ids):].tolist()
 
-        # Keep what the cache shares with the new prompt; feed the rest except the last
-        # token, which generate() feeds itself (it must see at least one new token).
-        keep = min(common_prefix(self._cached_ids, ids), len(ids) - 1)
-        if self._cache is None:
+        keep = self._reusable(ids)
+        if keep == 0:
+            # Nothing to reuse: the whole prompt in one call, exactly as chat() computes it.
             self._cache = DynamicCache(config=llm.config)
-            keep = 0
-        elif keep < self._cache.get_seq_length():
-            self._cache.crop(keep - self._cache.get_seq_length())  # negative: tokens to drop
-        self.stats["reused_tokens"] += keep
-        if keep < len(ids) - 1:
-            segment = full[:, keep:len(ids) - 1]
-            embeds = self._embed(segment, self._slots_before(ids, keep), None)
-            positions = torch.arange(keep, len(ids) - 1, device=device)[None]
-            llm.model(
-                inputs_embeds=embeds, cache=self._cache, use_cache=True, position_ids=positions,
-                attention_mask=torch.ones(1, len(ids) - 1, dtype=torch.long, device=device),
-            )
-            self.stats["prefill_tokens"] += len(ids) - 1 - keep
-        out = llm.generate(
-            input_ids=full, attention_mask=torch.ones_like(full), cache=self._cache, **kwargs
-        )
+            switch = longrope_switch_length(llm.config)
+            self._cache_long = switch is not None and len(ids) > switch
+            embeds = self._embed(full, 0, None)
+            with keep_image(llm, full, embeds, context_id):
+                out = llm.generate(input_ids=full, inputs_embeds=embeds, attention_mask=torch.ones_like(full),
+                                   cache=self._cache, **kwargs)
+            self.stats["prefill_tokens"] += len(ids)
+        else:
+            # Keep what the cache shares with the new prompt; feed the rest except the last
+            # token, which generate() feeds itself (it must see at least one new token).
+            if keep < self._cache.get_seq_length():
+                self._cache.crop(keep - self._cache.get_seq_length())  # negative: tokens to drop
+            self.stats["reused_tokens"] += keep
+            if keep < len(ids) - 1:
+                segment = full[:, keep:len(ids) - 1]
+                embeds = self._embed(segment, self._slots_before(ids, keep), None)
+                positions = torch.arange(keep, len(ids) - 1, device=device)[None]
+                llm.model(
+                    inputs_embeds=embeds, cache=self._cache, use_cache=True, position_ids=positions,
+                    attention_mask=torch.ones(1, len(ids) - 1, dtype=torch.long, device=device),
+                )
+                self.stats["prefill_tokens"] += len(ids) - 1 - keep
+            with keep_image(llm, full, lambda: self._embed(full, 0, None), context_id):
+                out = llm.generate(input_ids=full, attention_mask=torch.ones_like(full), cache=self._cache,
+                                   **kwargs)
         sequence = out[0].tolist()
         self._cached_ids = sequence[: self._cache.get_seq_length()]
         return sequence[len(ids):]
+
+    def _reusable(self, ids: list[int]) -> int:
+        """How many leading cached ids this prompt may reuse (0: recompute all).
+
+        A LongRoPE LLM (Phi-3) computes keys with short factors while a call stays within
+        `original_max_position_embeddings` and with long ones past it, so a recomputed
+        prompt longer than that has only long keys. The cache is reused only where it holds
+        what that recompute would: short keys for a short prompt, long keys (from a prompt
+        that was already long) for a long one.
+        """
+        if self._cache is None:
+            return 0
+        keep = min(common_prefix(self._cached_ids, ids), len(ids) - 1)
+        switch = longrope_switch_length(self.model.language_model.config)
+        if switch is not None:
+            long_prompt = len(ids) > switch
+            if long_prompt != self._cache_long or (long_prompt and keep <= switch):
+                return 0
+        return keep
 
     def _slots_before(self, ids: list[int], position: int) -> int:
         ctx = self.model.img_context_token_id

@@ -13,6 +13,7 @@ from torch import nn
 
 from tilevl.config import ModelConfig
 from tilevl.errors import ConfigError, InputError
+from tilevl.model.generation import keep_image
 from tilevl.model.llm import build_llm
 from tilevl.model.projector import Projector, pixel_shuffle, vit_tokens_to_grid
 from tilevl.model.vit import InternVisionModel
@@ -177,14 +178,16 @@ class VisionLanguageModel(nn.Module):
             attention_mask = attention_mask.to(self.device)
         embeds = self.embed_inputs(input_ids, pixel_values, visual_features=visual_features)
         # Passing input_ids beside the embeddings lets repetition penalties and stop strings
-        # see the prompt; transformers then returns prompt + new tokens.
-        out = self.language_model.generate(
-            input_ids=input_ids,
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            generation_config=generation_config,
-            **generate_kwargs,
-        )
+        # see the prompt; transformers then returns prompt + new tokens. keep_image: no later
+        # step may re-embed the prompt's image slots as text (see model/generation.py).
+        with keep_image(self.language_model, input_ids, embeds, self.img_context_token_id):
+            out = self.language_model.generate(
+                input_ids=input_ids,
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                **generate_kwargs,
+            )
         sequences = out.sequences if hasattr(out, "sequences") else out
         return sequences[:, input_ids.shape[1]:]
 
