@@ -18,6 +18,28 @@ from tilevl.errors import ConfigError
 
 _OFFICIAL_ARCH = "InternVLChatModel"
 
+# What a key absent from an official config.json means: the defaults of upstream's
+# InternVLChatConfig.__init__ and InternVisionConfig.__init__ (OpenGVLab/InternVL,
+# internvl_chat/internvl/model/internvl_chat/configuration_internvl_chat.py and
+# configuration_intern_vit.py), i.e. what the checkpoint's own code assumed. The one source of
+# defaults: the dataclasses below, the image settings and the loader all read them from here.
+UPSTREAM_CHAT_DEFAULTS: dict[str, Any] = {
+    "use_backbone_lora": 0, "use_llm_lora": 0, "pad2square": False, "select_layer": -1,
+    "force_image_size": None, "downsample_ratio": 0.5, "template": None,
+    "dynamic_image_size": False, "use_thumbnail": False, "ps_version": "v1",
+    "min_dynamic_patch": 1, "max_dynamic_patch": 6,
+}
+# InternVisionConfig's defaults describe InternViT-6B (RMSNorm, qk-norm, no qkv bias). Every
+# layer has the layer scales ls1/ls2 (initialised to initializer_factor); no key turns them off.
+UPSTREAM_VISION_DEFAULTS: dict[str, Any] = {
+    "num_channels": 3, "patch_size": 14, "image_size": 224, "qkv_bias": False,
+    "hidden_size": 3200, "num_attention_heads": 25, "intermediate_size": 12800,
+    "qk_normalization": True, "num_hidden_layers": 48, "hidden_act": "gelu",
+    "norm_type": "rms_norm", "layer_norm_eps": 1e-6, "dropout": 0.0, "drop_path_rate": 0.0,
+    "attention_dropout": 0.0, "initializer_range": 0.02, "initializer_factor": 0.1,
+}
+_V, _C = UPSTREAM_VISION_DEFAULTS, UPSTREAM_CHAT_DEFAULTS
+
 
 def _split_known(cls, data: dict, where: str) -> tuple[dict, dict]:
     """Split `data` into dataclass fields of `cls` and the rest; type-check the fields."""
@@ -47,25 +69,28 @@ def _emit(obj, original: dict, skip: tuple[str, ...] = ()) -> dict:
 
 @dataclass
 class VisionConfig:
-    """InternViT settings, named as in the official `vision_config` (InternVisionConfig)."""
+    """InternViT settings, named as in the official `vision_config` (InternVisionConfig).
 
-    hidden_size: int = 1024
-    num_hidden_layers: int = 24
-    num_attention_heads: int = 16
-    intermediate_size: int = 4096
-    image_size: int = 448
-    patch_size: int = 14
-    num_channels: int = 3
-    qkv_bias: bool = True
-    qk_normalization: bool = False
-    norm_type: str = "layer_norm"  # "layer_norm" (300M) or "rms_norm" (6B)
-    layer_norm_eps: float = 1e-6
-    initializer_factor: float = 0.1  # initial value of the layer scales ls1/ls2
-    initializer_range: float = 0.02
-    drop_path_rate: float = 0.0
-    attention_dropout: float = 0.0
-    dropout: float = 0.0
-    hidden_act: str = "gelu"
+    Defaults are upstream's (InternViT-6B): a `vision_config` without a key means that value.
+    """
+
+    hidden_size: int = _V["hidden_size"]
+    num_hidden_layers: int = _V["num_hidden_layers"]
+    num_attention_heads: int = _V["num_attention_heads"]
+    intermediate_size: int = _V["intermediate_size"]
+    image_size: int = _V["image_size"]
+    patch_size: int = _V["patch_size"]
+    num_channels: int = _V["num_channels"]
+    qkv_bias: bool = _V["qkv_bias"]
+    qk_normalization: bool = _V["qk_normalization"]
+    norm_type: str = _V["norm_type"]  # "layer_norm" (300M) or "rms_norm" (6B)
+    layer_norm_eps: float = _V["layer_norm_eps"]
+    initializer_factor: float = _V["initializer_factor"]  # initial value of the layer scales ls1/ls2
+    initializer_range: float = _V["initializer_range"]
+    drop_path_rate: float = _V["drop_path_rate"]
+    attention_dropout: float = _V["attention_dropout"]
+    dropout: float = _V["dropout"]
+    hidden_act: str = _V["hidden_act"]
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,18 +134,19 @@ class ModelConfig:
 
     vision: VisionConfig = field(default_factory=VisionConfig)
     llm: dict = field(default_factory=dict)
-    template: str | None = None
-    select_layer: int = -1
-    force_image_size: int | None = None
-    downsample_ratio: float = 0.5
-    ps_version: str = "v2"
-    dynamic_image_size: bool = True
-    use_thumbnail: bool = True
-    min_dynamic_patch: int = 1
-    max_dynamic_patch: int = 12
-    pad2square: bool = False
-    use_backbone_lora: int = 0
-    use_llm_lora: int = 0
+    # Upstream's defaults (UPSTREAM_CHAT_DEFAULTS): a config.json without a key means these.
+    template: str | None = _C["template"]
+    select_layer: int = _C["select_layer"]
+    force_image_size: int | None = _C["force_image_size"]
+    downsample_ratio: float = _C["downsample_ratio"]
+    ps_version: str = _C["ps_version"]
+    dynamic_image_size: bool = _C["dynamic_image_size"]
+    use_thumbnail: bool = _C["use_thumbnail"]
+    min_dynamic_patch: int = _C["min_dynamic_patch"]
+    max_dynamic_patch: int = _C["max_dynamic_patch"]
+    pad2square: bool = _C["pad2square"]
+    use_backbone_lora: int = _C["use_backbone_lora"]
+    use_llm_lora: int = _C["use_llm_lora"]
     # Not in the official file; recorded once known so a folder without a tokenizer works.
     img_context_token_id: int | None = None
     # The checkpoint's preprocessor_config.json (image mean/std), kept beside config.json.

@@ -235,6 +235,7 @@ def native_config_to_ours(native: dict, preprocessor: dict | None = None) -> Mod
         downsample_ratio=float(cfg.downsample_ratio),
         ps_version="v2",
         dynamic_image_size=bool(pre.get("crop_to_patches", True)),
+        use_thumbnail=True,  # transformers' GotOcr2 processor always adds one to several tiles
         min_dynamic_patch=int(pre.get("min_patches", 1)),
         max_dynamic_patch=int(pre.get("max_patches", 12)),
         img_context_token_id=int(cfg.image_token_id),

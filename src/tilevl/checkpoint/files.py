@@ -86,9 +86,12 @@ def tensor_keys(files: Iterable[Path]) -> dict[str, Path]:
     for file in files:
         if file.suffix in _PICKLE_SUFFIXES:
             continue
-        with safe_open(file, framework="pt") as reader:
-            for key in reader.keys():
-                keys[key] = file
+        try:
+            with safe_open(file, framework="pt") as reader:
+                for key in reader.keys():
+                    keys[key] = file
+        except Exception as exc:  # safetensors raises its own error types for broken files
+            raise CheckpointError(f"{file}: cannot read safetensors ({exc})") from None
     return keys
 
 

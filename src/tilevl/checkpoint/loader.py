@@ -6,6 +6,7 @@ assigns each tensor as it is read, so the weights are never held twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ import torch
 from torch import nn
 
 from tilevl.checkpoint import convert
-from tilevl.checkpoint.files import AtomicFolder, iter_tensors, weight_files, write_shards
-from tilevl.config import ModelConfig
+from tilevl.checkpoint.files import AtomicFolder, iter_tensors, tensor_keys, weight_files, write_shards
+from tilevl.config import UPSTREAM_VISION_DEFAULTS, ModelConfig
 from tilevl.errors import CheckpointError, ConfigError
 from tilevl.model.vlm import VisionLanguageModel
 
@@ -59,6 +60,60 @@ def read_config(path: str | Path) -> tuple[ModelConfig, str]:
     return config, layout
 
 
+# vision_config keys the official weights show, by a weight of the first encoder layer that
+# exists exactly when the key has the value named here.
+_SHOWN_BY_WEIGHTS = {
+    "qk_normalization": ("attn.q_norm.weight", True, False),
+    "qkv_bias": ("attn.qkv.bias", True, False),
+    "norm_type": ("norm1.bias", "layer_norm", "rms_norm"),
+}
+_FIRST_VIT_LAYER = "vision_model.encoder.layers.0."
+
+
+def settle_vision_config(config: ModelConfig, keys) -> ModelConfig:
+    """Fill the vision_config keys that config.json leaves out and the weights show.
+
+    An absent key means upstream's default (InternViT-6B: qk-norm, RMSNorm, no qkv bias), as
+    for upstream's code; where the weights show otherwise (a 300M tower whose config leaves
+    out norm_type/qk_normalization), upstream would load them into the wrong layers, so the
+    weights decide. Keys present in config.json are never changed.
+
+    Args:
+        config: the config read from config.json.
+        keys: the official weight names (safetensors headers; empty for pickled weights).
+    Returns:
+        The config, with the settled keys (written out explicitly when saved).
+    """
+    keys = set(keys)
+    if not any(k.startswith(_FIRST_VIT_LAYER) for k in keys):
+        return config
+    changes = {}
+    for name, (weight, present, absent) in _SHOWN_BY_WEIGHTS.items():
+        value = present if _FIRST_VIT_LAYER + weight in keys else absent
+        if name not in config.vision.extra and getattr(config.vision, name) != value:
+            changes[name] = value
+    if not changes:
+        return config
+    return dataclasses.replace(config, vision=dataclasses.replace(config.vision, **changes))
+
+
+_WEIGHT_TO_KEY = {"attn.q_norm.weight": "qk_normalization", "attn.k_norm.weight": "qk_normalization",
+                  "attn.qkv.bias": "qkv_bias", "norm1.bias": "norm_type", "norm2.bias": "norm_type"}
+
+
+def _config_hint(key: str, config: ModelConfig | None) -> str:
+    """Name the vision_config key that decides whether weight `key` exists (else "")."""
+    if not isinstance(config, ModelConfig) or not key.startswith("vision_model."):
+        return ""
+    for suffix, name in _WEIGHT_TO_KEY.items():
+        if key.endswith("." + suffix):
+            given = "sets" if name in config.vision.extra else "has no"
+            return (f"; config.json vision_config {given} {name!r} (taken as "
+                    f"{getattr(config.vision, name)!r}; upstream's default when absent is "
+                    f"{UPSTREAM_VISION_DEFAULTS[name]!r})")
+    return ""
+
+
 def _context_token_id_from_files(folder: Path) -> int | None:
     """Find `<IMG_CONTEXT>`'s id in the tokenizer files without loading the tokenizer."""
     from tilevl.checkpoint.tokenizer import IMG_CONTEXT_TOKEN
@@ -88,7 +143,8 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor, dtype, device, whe
     except AttributeError:
         module = None
     if module is None or (leaf not in module._parameters and leaf not in module._buffers):
-        raise CheckpointError(f"{where}: unexpected key {key!r} (the model has no such weight)")
+        raise CheckpointError(f"{where}: unexpected key {key!r} (the model has no such weight)"
+                              f"{_config_hint(key, getattr(model, 'config', None))}")
     is_param = leaf in module._parameters
     slot = module._parameters[leaf] if is_param else module._buffers[leaf]
     if slot is not None and tuple(slot.shape) != tuple(tensor.shape):
@@ -137,6 +193,8 @@ def load_model(
     folder = resolve_folder(path)
     config, layout = read_config(folder)
     files = weight_files(folder, allow_pickle=allow_pickle)
+    if layout == convert.OFFICIAL:
+        config = settle_vision_config(config, tensor_keys(files))
     with init_empty_weights(include_buffers=False):
         model = VisionLanguageModel(config, attn_implementation)
     target = torch.device("cpu") if device_map is not None else torch.device(device)
@@ -166,7 +224,8 @@ def _tie_and_check(model: VisionLanguageModel, folder: Path) -> None:
     missing = [name for name, p in model.named_parameters() if p.is_meta]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise CheckpointError(f"{folder}: missing weights {missing[:5]}{more}")
+        raise CheckpointError(f"{folder}: missing weights {missing[:5]}{more}"
+                              f"{_config_hint(missing[0], model.config)}")
 
 
 def _quantize_8bit(model: VisionLanguageModel) -> VisionLanguageModel:

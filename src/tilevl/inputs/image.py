@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tilevl.config import UPSTREAM_CHAT_DEFAULTS
 from tilevl.errors import ConfigError, InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -488,11 +489,12 @@ class ImageSettings:
         if size is None:
             raise ConfigError("config.json: no image size (neither force_image_size nor "
                               "vision_config.image_size, and no preprocessor crop_size/size)")
+        default = UPSTREAM_CHAT_DEFAULTS
         return cls(image_size=size,
-                   dynamic=config.get("dynamic_image_size", False),
-                   min_num=config.get("min_dynamic_patch", 1),
-                   max_num=config.get("max_dynamic_patch", 6),
-                   use_thumbnail=config.get("use_thumbnail", False),
+                   dynamic=config.get("dynamic_image_size", default["dynamic_image_size"]),
+                   min_num=config.get("min_dynamic_patch", default["min_dynamic_patch"]),
+                   max_num=config.get("max_dynamic_patch", default["max_dynamic_patch"]),
+                   use_thumbnail=config.get("use_thumbnail", default["use_thumbnail"]),
                    mean=tuple(pre.get("image_mean", IMAGENET_MEAN)),
                    std=tuple(pre.get("image_std", IMAGENET_STD)))
 
