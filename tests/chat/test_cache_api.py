@@ -52,3 +52,20 @@ def test_chat_batch_chat_and_session_emit_no_deprecation(tiny_model, tokenizer):
         session.ask("And its colour?")  # reuses the cache
         session.ask("Once more.", generation=dict(GREEDY, num_beams=2))
     assert found == []
+
+
+def test_the_server_scheduler_emits_no_deprecation(tiny_model, tokenizer):
+    """The HTTP server's batching scheduler drives the LLM's cache itself: same API."""
+    from tests.serve.test_scheduler import _scheduler, _work
+
+    with deprecation_notices() as found:  # warnings from the scheduler's thread land here too
+        sched = _scheduler(tiny_model, tokenizer, max_batch_size=4)
+        sched.start()
+        try:
+            jobs = [_work(tiny_model, tokenizer, q, max_new_tokens=4) for q in ("Hello there", "a")]
+            for work, _ in jobs:
+                sched.submit(work)
+            assert all(sink.done.wait(30) for _, sink in jobs)
+        finally:
+            sched.stop()
+    assert found == []

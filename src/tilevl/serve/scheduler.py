@@ -228,8 +228,8 @@ class BatchScheduler:
         if self._prefix_kv is None:
             llm = self.model.language_model
             ids = torch.tensor([self.shared_prefix], device=self.model.device)
-            out = llm(input_ids=ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-            self._prefix_kv = [(layer.keys, layer.values) for layer in _layers(out.past_key_values)]
+            out = llm(input_ids=ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+            self._prefix_kv = [(layer.keys, layer.values) for layer in _layers(out.cache)]
         return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
                                             for k, v in self._prefix_kv])
 
@@ -251,12 +251,12 @@ class BatchScheduler:
         mask = torch.cat([torch.ones(len(works), skip, dtype=rest_mask.dtype, device=device), rest_mask], 1)
         cache = self._prefix_cache(len(works)) if skip else DynamicCache()
         out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
+                  cache=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].float()  # [k, V]
         # n > 1: every choice gets its own copy of the prompt's cache row.
         source = torch.repeat_interleave(torch.arange(len(works), device=device),
                                          torch.tensor([w.n for w in works], device=device))
-        cache = out.past_key_values
+        cache = out.cache
         if len(source) != len(works):
             cache.batch_select_indices(source)
         rows = []
@@ -294,8 +294,8 @@ class BatchScheduler:
         ones = torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=self._mask.device)
         self._mask = torch.cat([self._mask, ones], dim=1)
         out = llm(input_ids=self._pending[:, None], attention_mask=self._mask,
-                  position_ids=self._positions[:, None], past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
+                  position_ids=self._positions[:, None], cache=self._cache, use_cache=True)
+        self._cache = out.cache
         self._positions = self._positions + 1
         self.stats["steps"] += 1
         self.stats["max_rows"] = max(self.stats["max_rows"], len(self._rows))
