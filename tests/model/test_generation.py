@@ -191,3 +191,14 @@ def test_keep_image_computes_lazy_embeddings_once_without_recursing(tiny_model):
     assert len(calls) == 1
     torch.testing.assert_close(first[0, 1], embed(prompt)[0, 1] + 1.0)
     torch.testing.assert_close(second, first)
+
+
+def test_keep_image_nests_and_restores(tiny_model):
+    llm = tiny_model.language_model
+    prompt = torch.tensor([[5, 6]])
+    with keep_image(llm, prompt, torch.zeros(1, 2, llm.config.hidden_size), None):
+        outer = llm.prepare_inputs_for_generation
+        with keep_image(llm, prompt, torch.zeros(1, 2, llm.config.hidden_size), None):
+            assert llm.prepare_inputs_for_generation is outer  # not wrapped twice
+        assert llm.prepare_inputs_for_generation is outer
+    assert "prepare_inputs_for_generation" not in vars(llm)

@@ -66,15 +66,19 @@ def keep_image(llm, prompt_ids: torch.Tensor, prompt_embeds: PromptEmbeds,
     if context_id is not None and bool((prompt_ids == context_id).any()):
         splice = _PromptSplice(prompt_ids, prompt_embeds, context_id)
         handle = llm.get_input_embeddings().register_forward_hook(splice)
-    had_own = "prepare_inputs_for_generation" in vars(llm)
+    # Set on the instance for the block only (a lasting attribute would follow the LLM into
+    # copies still bound to the original); a nested block leaves the outer one's in place.
     previous = llm.prepare_inputs_for_generation
-    llm.prepare_inputs_for_generation = _cache_keeping(llm, previous)
+    install = not getattr(previous, "keeps_cache", False)
+    had_own = "prepare_inputs_for_generation" in vars(llm)
+    if install:
+        llm.prepare_inputs_for_generation = _cache_keeping(llm, previous)
     try:
         yield
     finally:
-        if had_own:
+        if install and had_own:
             llm.prepare_inputs_for_generation = previous
-        else:
+        elif install:
             del llm.prepare_inputs_for_generation
         if handle is not None:
             handle.remove()
@@ -93,6 +97,7 @@ def _cache_keeping(llm, prepare: Callable) -> Callable:
             inputs = generic(input_ids, *args, **kwargs)
         return inputs
 
+    prepare_keeping_cache.keeps_cache = True
     return prepare_keeping_cache
 
 
