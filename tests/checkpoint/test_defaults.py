@@ -15,10 +15,12 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tilevl import build_model
 from tilevl.checkpoint.loader import load_model, save_model
-from tilevl.config import ModelConfig
+from tilevl.checkpoint.tokenizer import IMG_CONTEXT_TOKEN
+from tilevl.config import ModelConfig, VisionConfig
 from tilevl.errors import CheckpointError
 
 UPSTREAM_CHAT = {
@@ -48,7 +50,6 @@ def test_config_without_keys_takes_upstreams_defaults():
 def saved(tmp_path_factory, tokenizer):
     """The tiny model (300M-style tower: LayerNorm, qkv bias, no qk-norm) saved officially."""
     model = build_model("tiny", seed=0)
-    from tilevl.checkpoint.tokenizer import IMG_CONTEXT_TOKEN
     model.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
     folder = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_model(model, folder)
@@ -111,7 +112,7 @@ def test_vision_keys_the_weights_show_are_inferred(saved, tmp_path):
 
 def test_a_6b_style_tower_without_the_keys_takes_the_defaults(tmp_path, tokenizer):
     cfg = ModelConfig.from_name("tiny")
-    six_b = cfg.replace(vision=cfg.vision.__class__(**{
+    six_b = cfg.replace(vision=VisionConfig(**{
         **{k: getattr(cfg.vision, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                "intermediate_size", "image_size", "patch_size")},
         "qkv_bias": False, "qk_normalization": True, "norm_type": "rms_norm"}))
@@ -127,7 +128,6 @@ def test_a_6b_style_tower_without_the_keys_takes_the_defaults(tmp_path, tokenize
 def test_pickled_weights_without_the_keys_name_the_missing_key(saved, tmp_path):
     _, folder = saved
     target = _without(folder, tmp_path, vision_keys=SHOWN_BY_WEIGHTS)
-    from safetensors.torch import load_file
     torch.save(load_file(target / "model.safetensors"), target / "pytorch_model.bin")
     (target / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="vision_config has no '(qkv_bias|norm_type)'"):
