@@ -30,7 +30,7 @@ from tilevl.model.vlm import VisionLanguageModel
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MERGED_KEY = "merged_adapters"  # config.json: fingerprints of the adapters already folded in
+MERGED_KEY = convert.MERGED_ADAPTERS_KEY  # config.json: fingerprints of the adapters already folded in
 _PREFIX = "base_model.model."  # what PeftModel puts before our module names
 # PEFT's key suffixes → (module kind, which factor).
 _SUFFIXES = {
@@ -342,7 +342,7 @@ def merge_lora_into_checkpoint(
     base, adapter = Path(base_path), read_adapter(adapter_path)
     _, base_layout = read_config(base)
     model = load_model(base)
-    # A native config.json does not round-trip our extra keys: take the record from the file.
+    # The record as the file holds it, whichever layout the base is in.
     model.config.extra[MERGED_KEY] = _raw_merged(base)
     fold_adapter(model, adapter)
     with AtomicFolder(out_path, overwrite=overwrite) as tmp:
