@@ -24,7 +24,7 @@ from tilevl.checkpoint import convert
 from tilevl.checkpoint.files import INDEX_NAME, AtomicFolder, iter_tensors, weight_files, write_shards
 from tilevl.checkpoint.loader import load_model, read_config, save_model
 from tilevl.config import ModelConfig
-from tilevl.errors import CheckpointError
+from tilevl.errors import CheckpointError, ConfigError
 from tilevl.merge.methods import merge_deltas, method_parameters
 from tilevl.model.vlm import VisionLanguageModel
 
@@ -397,10 +397,21 @@ def _check_adapters_agree(adapters: Sequence[Adapter]) -> list[str]:
     return list(first.modules)
 
 
-def _method_kwargs(method: str, weights, density: float, lam: float, seed: int) -> dict:
+def _folded_already(base: Path, adapters: Sequence[Adapter], record: Sequence[str] | None = None) -> list[str]:
+    """The base's merged-adapter record; refuses when an adapter (or `record`) is in it."""
+    done = _raw_merged(base)
+    again = [str(a.path) for a in adapters if a.fingerprint in done]
+    again += [f for f in record or () if f in done]
+    if again:
+        raise CheckpointError(f"{base}: adapter(s) {again} are already folded into it ({MERGED_KEY} in config.json)")
+    return done
+
+
+def _method_kwargs(method: str, weights, density: float, lam: float, seed: int,
+                   elect_weighted: bool = False) -> dict:
     """The merge settings the method takes (density means nothing to `linear`, say)."""
     offered = {"weights": weights, "density": density, "lam": lam,
-               "generator": torch.Generator().manual_seed(seed)}
+               "generator": torch.Generator().manual_seed(seed), "elect_weighted": elect_weighted}
     accepted = method_parameters(method)
     return {k: v for k, v in offered.items() if k in accepted}
 
@@ -457,6 +468,9 @@ def merge_adapters(
     seed: int = 0,
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
+    mode: str = "dense",
+    elect_weighted: bool = False,
+    record: Sequence[str] | None = None,
 ) -> Path:
     """Merge N LoRA adapters of one base into a checkpoint (or one LoRA), module by module.
 
@@ -477,6 +491,13 @@ def merge_adapters(
         seed: seeds DARE's drop masks (drawn module by module, in adapter-0 order).
         max_shard_size: the largest output shard.
         overwrite: replace an existing non-empty `out_path`.
+        mode: "dense" (the above: the method on the task vectors B·A·scale) or "peft-lora"
+            (PEFT's `add_weighted_adapter`, A and B merged apart; `method` is then its
+            combination_type, see `tilevl.merge.peft_lora`).
+        elect_weighted: dense TIES/DARE-TIES sign vote on the weighted deltas (mergekit);
+            False, the default, votes on the unweighted ones as PEFT does.
+        record: fingerprints to record as folded instead of the adapters' own (the sources
+            of an adapter merged beforehand).
     Returns:
         The folder written.
     """
@@ -485,6 +506,15 @@ def merge_adapters(
     base = Path(base_path)
     if not adapter_paths:
         raise CheckpointError("merge_adapters needs at least one adapter folder")
+    if mode not in ("dense", "peft-lora"):
+        raise ConfigError(f"merge mode must be 'dense' or 'peft-lora', got {mode!r}")
+    if mode == "peft-lora":
+        from tilevl.merge.peft_lora import merge_adapters_peft
+
+        _folded_already(base, [read_adapter(p) for p in adapter_paths])
+        return merge_adapters_peft(base, adapter_paths, out_path, method, density, weights,
+                                   as_lora_rank, progress, layout=layout, seed=seed,
+                                   max_shard_size=max_shard_size, overwrite=overwrite)
     config, base_layout = read_config(base)
     adapters = [adapter_for_base(read_adapter(p), config) for p in adapter_paths]
     names = _check_adapters_agree(adapters)
@@ -492,11 +522,8 @@ def merge_adapters(
         skeleton = VisionLanguageModel(config)
     for adapter in adapters:
         _check_fits(skeleton, adapter)
-    done = _raw_merged(base)
-    again = [str(a.path) for a in adapters if a.fingerprint in done]
-    if again:
-        raise CheckpointError(f"{base}: adapter(s) {again} are already folded into it ({MERGED_KEY} in config.json)")
-    kw = _method_kwargs(method, weights, density, lam, seed)
+    done = _folded_already(base, adapters, record)
+    kw = _method_kwargs(method, weights, density, lam, seed, elect_weighted)
     with tqdm(total=len(names), desc=f"merge {method}", unit="module", disable=not progress) as bar, \
             AtomicFolder(out_path, overwrite=overwrite) as tmp:
         merged_iter = _merged_modules(adapters, names, method, kw, bar)
@@ -506,7 +533,8 @@ def merge_adapters(
             targets = {name + ".weight" for name in names}
             pairs = _add_merged(_base_pairs(base, config, base_layout), merged_iter, targets, base)
             _write_ours(tmp, pairs, config, layout, max_shard_size)
-            _finish_folder(tmp, base, base_layout, layout, [*done, *(a.fingerprint for a in adapters)])
+            folded = list(record) if record is not None else [a.fingerprint for a in adapters]
+            _finish_folder(tmp, base, base_layout, layout, [*done, *folded])
     return Path(out_path)
 
 
@@ -567,6 +595,7 @@ def merge_checkpoints(
     seed: int = 0,
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
+    elect_weighted: bool = False,
 ) -> Path:
     """Merge N full fine-tunes of one base: task vectors (fine-tuned − base), tensor by tensor.
 
@@ -577,7 +606,7 @@ def merge_checkpoints(
         base_path: the base checkpoint folder.
         finetuned_paths: N checkpoint folders fine-tuned from it.
         out_path: the folder to write (atomically).
-        method, density, lam, weights, seed: as in `merge_adapters`.
+        method, density, lam, weights, seed, elect_weighted: as in `merge_adapters`.
         progress: show a tqdm bar over tensors.
         max_shard_size: the largest output shard.
         overwrite: replace an existing non-empty `out_path`.
@@ -603,7 +632,7 @@ def merge_checkpoints(
             extra, lacking = sorted(set(keys) - set(base_keys)), sorted(set(base_keys) - set(keys))
             raise CheckpointError(f"{path}: keys differ from the base {base}: extra {extra[:3]}, lacking {lacking[:3]}")
         sources.append((path, keys))
-    kw = _method_kwargs(method, weights, density, lam, seed)
+    kw = _method_kwargs(method, weights, density, lam, seed, elect_weighted)
     bar = tqdm(total=len(base_keys), desc=f"merge {method}", unit="tensor", disable=not progress)
     with bar, ExitStack() as stack, AtomicFolder(out_path, overwrite=overwrite) as tmp:
         readers: dict[Path, object] = {}
