@@ -112,3 +112,18 @@ def test_peft_lora_as_lora_writes_peft_adapter_and_checks_rank(tmp_path, folders
     with pytest.raises(ConfigError, match="not a PEFT combination_type"):
         merge_adapters(base_ckpt, folders, tmp_path / "bad2", method="task_arithmetic",
                        mode="peft-lora", progress=False)
+
+
+def test_cli_peft_lora_mode_and_its_refusals(tmp_path, folders, base_ckpt):
+    from tilevl.cli import main
+
+    argv = ["merge", "--base", str(base_ckpt), "--adapters", *map(str, folders), "--density", "0.5"]
+    assert main([*argv, "--mode", "peft-lora", "--method", "ties", "--out", str(tmp_path / "cli")]) == 0
+    api = merge_adapters(base_ckpt, folders, tmp_path / "api", method="ties", density=0.5,
+                         mode="peft-lora", progress=False)
+    a, b = load_file(tmp_path / "cli" / "model.safetensors"), load_file(api / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit, match="only with --mode peft-lora"):
+        main([*argv, "--method", "ties_svd", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="no --lam"):
+        main([*argv, "--mode", "peft-lora", "--lam", "0.5", "--out", str(tmp_path / "y")])
