@@ -17,11 +17,11 @@ from safetensors.torch import load_file, save_file
 from tilevl.checkpoint.loader import load_model, save_model
 from tilevl.errors import CheckpointError
 from tilevl.merge import lora as lora_mod
+from tilevl.merge.checkpoints import merge_checkpoints
 from tilevl.merge.lora import (
     adapter_deltas,
     fold_adapter,
     merge_adapters,
-    merge_checkpoints,
     merge_lora_into_checkpoint,
     read_adapter,
 )

@@ -4,6 +4,7 @@
 `mode="peft-lora"` runs PEFT's `add_weighted_adapter` arithmetic instead (tilevl.merge.peft_lora).
 """
 
+from tilevl.merge.checkpoints import merge_checkpoints
 from tilevl.merge.lora import (
     Adapter,
     LoraModule,
@@ -11,7 +12,6 @@ from tilevl.merge.lora import (
     fold_adapter,
     low_rank_factors,
     merge_adapters,
-    merge_checkpoints,
     merge_lora_into_checkpoint,
     module_delta,
     read_adapter,

@@ -23,7 +23,8 @@ def cmd_merge_lora(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge several LoRA adapters (or full fine-tuned checkpoints) into one base."""
-    from tilevl.merge.lora import merge_adapters, merge_checkpoints
+    from tilevl.merge.checkpoints import merge_checkpoints
+    from tilevl.merge.lora import merge_adapters
 
     common = dict(method=args.method, density=args.density, lam=args.lam, weights=args.weights,
                   seed=args.seed, overwrite=args.overwrite)
