@@ -63,3 +63,10 @@ def test_unreadable_judge_replies_end_in_a_reproducible_draw(judge):
     picks = {judge.choose("Which colour?", OPTIONS, "the cold one") for _ in range(3)}
     assert picks == {first}
     assert judge.summary()["guessed"] == 4
+
+
+def test_an_unreachable_judge_is_not_asked_three_times():
+    # a closed port: one failed request (retries=1), then the draw, as upstream's retries end
+    judge = Judge("http://127.0.0.1:9/v1", "nobody", retries=1, timeout=0.5)
+    assert judge.choose("Which colour?", OPTIONS, "the cold one") in ("A", "B", "Z")
+    assert len(judge.errors) == 1 and judge.guessed == 1 and judge.decided == 0
