@@ -57,12 +57,14 @@ def _emit(obj, original: dict, skip: tuple[str, ...] = ()) -> dict:
     an official file read and written back is unchanged.
     """
     out = dict(original)
-    for f in dataclasses.fields(obj):
-        if f.name in ("extra", *skip):
-            continue
+    fields = [f for f in dataclasses.fields(obj) if f.name not in ("extra", *skip)]
+    # Extra keys alone (say the merged-adapter record of a config read from the native
+    # layout) do not make an official file: such a config is written in full.
+    from_file = any(f.name in original for f in fields)
+    for f in fields:
         value = getattr(obj, f.name)
         default = f.default if f.default is not dataclasses.MISSING else None
-        if f.name in original or not original or value != default:
+        if f.name in original or not from_file or value != default:
             out[f.name] = value
     return out
 

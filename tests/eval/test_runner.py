@@ -89,7 +89,7 @@ def test_end_to_end_with_tiny_preset(tmp_path, tiny, bench):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["rule"] == results["scores"]["rule"] and saved["rule_version"]
     assert saved["n"] == results["scores"]["n"] == len(_predictions(tmp_path / "out"))
-    assert saved["judge"] == {"used": False, "asked": 0, "decided": 0}
+    assert saved["judge"] == {"used": False, "asked": 0, "decided": 0, "guessed": 0}
     assert saved["settings"]["max_tiles"] == 6 and saved["timing"]["direct"]["generated"] == saved["n"]
     assert (tmp_path / "out" / "results.md").read_text().startswith(f"# {bench} — tiny")
 

@@ -17,11 +17,11 @@ from safetensors.torch import load_file, save_file
 from tilevl.checkpoint.loader import load_model, save_model
 from tilevl.errors import CheckpointError
 from tilevl.merge import lora as lora_mod
+from tilevl.merge.checkpoints import merge_checkpoints
 from tilevl.merge.lora import (
     adapter_deltas,
     fold_adapter,
     merge_adapters,
-    merge_checkpoints,
     merge_lora_into_checkpoint,
     read_adapter,
 )
@@ -122,6 +122,30 @@ def test_folding_twice_is_refused(tmp_path, base_ckpt, adapters):
     with pytest.raises(CheckpointError, match="already folded"):
         merge_adapters(once, [adapters[1], adapters[0]], tmp_path / "twice2", progress=False)
     assert not (tmp_path / "twice").exists() and not (tmp_path / "twice2").exists()
+
+
+def test_folded_record_survives_every_layout(tmp_path, base_ckpt, adapters):
+    from tilevl.cli import main
+
+    once = merge_lora_into_checkpoint(base_ckpt, adapters[0], tmp_path / "once")
+    record = [read_adapter(adapters[0]).fingerprint]
+    assert main(["convert", str(once), str(tmp_path / "native"), "--layout", "native"]) == 0
+    assert json.loads((tmp_path / "native" / "config.json").read_text())["merged_adapters"] == record
+    assert load_model(tmp_path / "native").config.extra["merged_adapters"] == record
+    with pytest.raises(CheckpointError, match="already folded"):
+        merge_lora_into_checkpoint(tmp_path / "native", adapters[0], tmp_path / "twice")
+    with pytest.raises(CheckpointError, match="already folded"):
+        merge_adapters(tmp_path / "native", [adapters[0]], tmp_path / "twice2", progress=False)
+    assert main(["convert", str(tmp_path / "native"), str(tmp_path / "back"), "--layout", "official"]) == 0
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert back["merged_adapters"] == record
+    # the record must not make the official writer drop the settings equal to tilevl's defaults
+    assert back["ps_version"] == "v2" and "select_layer" in back and "downsample_ratio" in back
+    with pytest.raises(CheckpointError, match="already folded"):
+        merge_lora_into_checkpoint(tmp_path / "back", adapters[0], tmp_path / "twice3")
+    # a second adapter folded into the native copy adds to the record, in either output layout
+    both = merge_lora_into_checkpoint(tmp_path / "native", adapters[1], tmp_path / "both", layout="native")
+    assert load_model(both).config.extra["merged_adapters"] == [*record, read_adapter(adapters[1]).fingerprint]
 
 
 def test_ties_density_one_single_adapter_equals_fold(tmp_path, base_ckpt, adapters):

@@ -52,10 +52,11 @@ def test_ties_weighted_election_by_hand():
     # Weighted election: (0,1) 1.2-.7 = +.5 → +, so only τ2 agrees: 1.2.
     #                    (1,0) -.4+.6-.6 = -.4 → −: (-.4-.6)/2 = -.5;  (1,1) -1.0.
     weighted = torch.tensor([[0.5, 1.2, 0.3], [-0.5, -1.0, 0.4]])
-    torch.testing.assert_close(merge_ties(TASKS, weights=[1, 2, 1], density=0.5), weighted)
-    # PEFT elects on the unweighted values: (0,1) stays −, so only τ3 (weight 1): -.7.
+    torch.testing.assert_close(merge_ties(TASKS, weights=[1, 2, 1], density=0.5, elect_weighted=True),
+                               weighted)
+    # PEFT (the default) elects on the unweighted values: (0,1) stays −, so only τ3: -.7.
     unweighted = torch.tensor([[0.5, -0.7, 0.3], [-0.5, -1.0, 0.4]])
-    ours = merge_ties(TASKS, weights=[1, 2, 1], density=0.5, elect_weighted=False)
+    ours = merge_ties(TASKS, weights=[1, 2, 1], density=0.5)
     torch.testing.assert_close(ours, unweighted)
     torch.testing.assert_close(ours, mu.ties(TASKS, torch.tensor([1.0, 2.0, 1.0]), 0.5))
 

@@ -24,6 +24,9 @@ from tilevl.errors import CheckpointError
 OFFICIAL = "official"
 NATIVE = "native"
 _NATIVE_ARCH = "InternVLForConditionalGeneration"
+# config.json key listing the fingerprints of LoRA adapters already folded into the weights
+# (written by tilevl.merge); every layout carries it so no conversion forgets a fold.
+MERGED_ADAPTERS_KEY = "merged_adapters"
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CAUSAL_LM = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
@@ -227,6 +230,7 @@ def native_config_to_ours(native: dict, preprocessor: dict | None = None) -> Mod
     # transformers ties the LM head by the top-level flag, whatever the text config says.
     llm["tie_word_embeddings"] = bool(native.get("tie_word_embeddings", True))
     pre = preprocessor or {}
+    merged = native.get(MERGED_ADAPTERS_KEY)
     return ModelConfig(
         vision=vision,
         llm=llm,
@@ -239,6 +243,7 @@ def native_config_to_ours(native: dict, preprocessor: dict | None = None) -> Mod
         min_dynamic_patch=int(pre.get("min_patches", 1)),
         max_dynamic_patch=int(pre.get("max_patches", 12)),
         img_context_token_id=int(cfg.image_token_id),
+        extra={MERGED_ADAPTERS_KEY: list(merged)} if merged else {},
     )
 
 
@@ -281,6 +286,8 @@ def ours_config_to_native(config: ModelConfig) -> dict:
     native["architectures"] = [_NATIVE_ARCH]
     if config.template:
         native["template"] = config.template  # ignored by transformers, kept for us
+    if config.extra.get(MERGED_ADAPTERS_KEY):
+        native[MERGED_ADAPTERS_KEY] = list(config.extra[MERGED_ADAPTERS_KEY])
     return native
 
 

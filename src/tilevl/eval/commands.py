@@ -114,7 +114,8 @@ def _print_summary(results: dict) -> None:
     judge = results.get("judge", {})
     print(f"{results['benchmark']}: {head['name']} {fmt(head['value'], head['fraction'])} "
           f"over {results['n']} questions (rule {results['rule']} v{results['rule_version']}"
-          f"{'; judge decided ' + str(judge.get('decided')) + ' answers' if judge.get('used') else ''})")
+          f"{'; judge decided ' + str(judge.get('decided')) + ' answers' if judge.get('used') else ''}"
+          f"{', guessed ' + str(judge['guessed']) if judge.get('guessed') else ''})")
     scaling = results.get("test_time_scaling")
     if scaling and scaling.get("gain") is not None:
         print(f"{scaling['variant']} vs direct: gain {fmt(scaling['gain'], head['fraction'])}")

@@ -7,6 +7,7 @@ Off unless `--judge-url` is given; uses only the standard library (urllib), temp
 from __future__ import annotations
 
 import json
+import random
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +34,9 @@ CHOICE_TEMPLATE = (
     "Example 3: \n"
     "Question: {}?\nOptions: {}\nAnswer: {}\nYour output: "
 )
+# VLMEvalKit asks its choice judge this many times before it guesses
+# (`extract_answer_from_item`, `retry = 3`).
+CHOICE_ATTEMPTS = 3
 # VLMEvalKit vlmeval/dataset/utils/yorn.py `build_prompt` (HallusionBench, MME judge).
 YES_NO_TEMPLATE = (
     "You are an AI assistant who will help me to match an answer with two options of a question. "
@@ -75,6 +79,7 @@ class Judge:
         self.timeout = timeout
         self.asked = 0
         self.decided = 0
+        self.guessed = 0
         self.errors: list[str] = []
 
     def complete(self, prompt: str) -> str:
@@ -103,8 +108,14 @@ class Judge:
         self.errors.append(last)
         return ""
 
-    def choose(self, question: str, options: dict[str, str], prediction: str) -> str | None:
-        """Which option an answer means, or None when the judge says none (Z) or fails.
+    def choose(self, question: str, options: dict[str, str], prediction: str) -> str:
+        """Which option an answer means, as VLMEvalKit's `extract_answer_from_item` decides.
+
+        The judge is asked up to three times until its reply reads (by the same rule-based
+        `extract_choice`) as a letter or "Z" (none of the options). When no reply reads,
+        upstream draws at random among the letters and "Z"; we draw from a generator
+        seeded with the question and answer, so a rerun gives the same pick, and count the
+        draw in `guessed`. An endpoint that fails outright is not asked again.
 
         Args:
             question: the question text.
@@ -112,15 +123,22 @@ class Judge:
             prediction: the model's unreadable answer.
 
         Returns:
-            The option letter, or None.
+            An option letter or "Z".
         """
         listed = " ".join(f"{k}. {v}" for k, v in options.items())
+        prompt = CHOICE_TEMPLATE.format(question.rstrip("?"), listed, prediction)
         self.asked += 1
-        reply = self.complete(CHOICE_TEMPLATE.format(question.rstrip("?"), listed, prediction))
-        # VLMEvalKit reads the judge's reply with the same rule-based matcher.
-        letter = extract_choice(reply, options)
-        self.decided += letter is not None
-        return letter
+        for _ in range(CHOICE_ATTEMPTS):
+            failures = len(self.errors)
+            letter = extract_choice(self.complete(prompt), options)
+            if letter is not None:
+                self.decided += 1
+                return letter
+            if len(self.errors) > failures:
+                break
+        self.guessed += 1
+        pool = [str(k) for k in options] + ([] if "Z" in options else ["Z"])
+        return random.Random(f"judge:{question}:{prediction}").choice(pool)
 
     def yes_no(self, question: str, prediction: str) -> str | None:
         """Whether an answer means yes or no, or None (Unknown, or the judge failed).
@@ -142,4 +160,4 @@ class Judge:
     def summary(self) -> dict:
         """What results.json says about the judge."""
         return {"used": True, "model": self.model, "url": self.url, "asked": self.asked,
-                "decided": self.decided, "errors": len(self.errors)}
+                "decided": self.decided, "guessed": self.guessed, "errors": len(self.errors)}

@@ -349,7 +349,10 @@ def apply_judge(spec: BenchSpec, samples: list[Sample], predictions: list[dict],
             continue
         options = sample.record.get("options")
         if spec.judge == "choice" and options:
+            guessed = judge.guessed
             verdict = judge.choose(sample.question, options, pred["prediction"])
+            if judge.guessed > guessed:
+                pred["guessed"] = True  # no judge reply was readable: a seeded draw, as upstream
         elif spec.judge == "yesno":
             verdict = judge.yes_no(sample.question, pred["prediction"])
             verdict = verdict.capitalize() if verdict else None
@@ -500,7 +503,7 @@ def _finish(spec: BenchSpec, cfg: EvalConfig, samples: list[Sample], predictions
         "n": len(samples), "headline": scored["headline"], "per_category": scored["per_category"],
         "scores": scored["scores"], "variant": cfg.variant(),
         "judge": judge.summary() if judge is not None and spec.judge else
-                 {"used": False, "asked": 0, "decided": 0,
+                 {"used": False, "asked": 0, "decided": 0, "guessed": 0,
                   **({"note": f"{spec.kind} answers need no judge"} if judge else {})},
         "test_time_scaling": scaling, **extra,
     }

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 
+DENSE_METHODS = ("ties", "dare_ties", "dare_linear", "task_arithmetic", "linear", "magnitude_prune")
+PEFT_ONLY = ("cat", "svd", "ties_svd", "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
+METHOD_CHOICES = (*DENSE_METHODS, *PEFT_ONLY)
+
 
 def cmd_merge_lora(args: argparse.Namespace) -> int:
     """Fold one LoRA adapter into its base and write a normal checkpoint."""
@@ -19,15 +23,24 @@ def cmd_merge_lora(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge several LoRA adapters (or full fine-tuned checkpoints) into one base."""
-    from tilevl.merge.lora import merge_adapters, merge_checkpoints
+    from tilevl.merge.checkpoints import merge_checkpoints
+    from tilevl.merge.lora import merge_adapters
 
     common = dict(method=args.method, density=args.density, lam=args.lam, weights=args.weights,
                   seed=args.seed, overwrite=args.overwrite)
     if bool(args.adapters) == bool(args.checkpoints):
         raise SystemExit("tilevl merge: give either --adapters or --checkpoints")
+    common["elect_weighted"] = args.sign_vote == "weighted"
+    if args.mode == "peft-lora" and not args.adapters:
+        raise SystemExit("tilevl merge: --mode peft-lora merges LoRA factors; it needs --adapters")
+    if args.mode == "peft-lora" and (args.sign_vote == "weighted" or args.lam != 1.0):
+        raise SystemExit("tilevl merge: --mode peft-lora is PEFT's arithmetic: no --lam, no weighted vote")
+    if args.mode == "dense" and args.method not in DENSE_METHODS:
+        raise SystemExit(f"tilevl merge: --method {args.method} exists only with --mode peft-lora")
     if args.adapters:
         out = merge_adapters(args.base, args.adapters, args.out, as_lora_rank=args.as_lora,
-                             layout=args.layout, max_shard_size=args.max_shard_size, **common)
+                             layout=args.layout, max_shard_size=args.max_shard_size,
+                             mode=args.mode, **common)
     else:
         out = merge_checkpoints(args.base, args.checkpoints, args.out, max_shard_size=args.max_shard_size, **common)
     print(f"wrote {out}")
@@ -48,8 +61,19 @@ def add_merge_parsers(sub) -> None:
     p.add_argument("--adapters", nargs="+", help="PEFT adapter folders trained on --base")
     p.add_argument("--checkpoints", nargs="+", help="full fine-tuned checkpoints of --base")
     p.add_argument("--out", required=True)
-    p.add_argument("--method", default="ties",
-                   choices=("ties", "dare_ties", "dare_linear", "task_arithmetic", "linear", "magnitude_prune"))
+    p.add_argument("--mode", choices=("dense", "peft-lora"), default="dense",
+                   help="dense: the method on each adapter's task vector B·A·scale (TIES as the paper "
+                        "defines it); peft-lora: PEFT's add_weighted_adapter, A and B merged apart "
+                        "(cross terms included), what 'merged with the PEFT TIES method' ran (MMAlaya2)")
+    p.add_argument("--method", default="ties", choices=METHOD_CHOICES,
+                   help="dense: ties dare_ties dare_linear task_arithmetic linear magnitude_prune; "
+                        "peft-lora: PEFT's combination_type (linear ties dare_linear dare_ties "
+                        "magnitude_prune cat svd ties_svd dare_linear_svd dare_ties_svd "
+                        "magnitude_prune_svd; with --as-lora RANK as svd_rank)")
+    p.add_argument("--sign-vote", choices=("peft", "weighted"), default="peft",
+                   help="TIES sign election with --weights: peft (default) votes on the unweighted "
+                        "trimmed deltas, then weights them; weighted votes on the weighted ones "
+                        "(mergekit; weight 0 does not vote). Equal weights: no difference")
     p.add_argument("--density", type=float, default=0.2, help="fraction of each task vector kept")
     p.add_argument("--lam", type=float, default=1.0, help="scale of the merged task vector")
     p.add_argument("--weights", type=float, nargs="+", help="one weight per adapter/checkpoint")

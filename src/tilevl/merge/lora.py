@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +23,13 @@ from tilevl.checkpoint import convert
 from tilevl.checkpoint.files import INDEX_NAME, AtomicFolder, iter_tensors, weight_files, write_shards
 from tilevl.checkpoint.loader import load_model, read_config, save_model
 from tilevl.config import ModelConfig
-from tilevl.errors import CheckpointError
+from tilevl.errors import CheckpointError, ConfigError
 from tilevl.merge.methods import merge_deltas, method_parameters
 from tilevl.model.vlm import VisionLanguageModel
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MERGED_KEY = "merged_adapters"  # config.json: fingerprints of the adapters already folded in
+MERGED_KEY = convert.MERGED_ADAPTERS_KEY  # config.json: fingerprints of the adapters already folded in
 _PREFIX = "base_model.model."  # what PeftModel puts before our module names
 # PEFT's key suffixes → (module kind, which factor).
 _SUFFIXES = {
@@ -342,7 +341,7 @@ def merge_lora_into_checkpoint(
     base, adapter = Path(base_path), read_adapter(adapter_path)
     _, base_layout = read_config(base)
     model = load_model(base)
-    # A native config.json does not round-trip our extra keys: take the record from the file.
+    # The record as the file holds it, whichever layout the base is in.
     model.config.extra[MERGED_KEY] = _raw_merged(base)
     fold_adapter(model, adapter)
     with AtomicFolder(out_path, overwrite=overwrite) as tmp:
@@ -397,10 +396,21 @@ def _check_adapters_agree(adapters: Sequence[Adapter]) -> list[str]:
     return list(first.modules)
 
 
-def _method_kwargs(method: str, weights, density: float, lam: float, seed: int) -> dict:
+def _folded_already(base: Path, adapters: Sequence[Adapter], record: Sequence[str] | None = None) -> list[str]:
+    """The base's merged-adapter record; refuses when an adapter (or `record`) is in it."""
+    done = _raw_merged(base)
+    again = [str(a.path) for a in adapters if a.fingerprint in done]
+    again += [f for f in record or () if f in done]
+    if again:
+        raise CheckpointError(f"{base}: adapter(s) {again} are already folded into it ({MERGED_KEY} in config.json)")
+    return done
+
+
+def _method_kwargs(method: str, weights, density: float, lam: float, seed: int,
+                   elect_weighted: bool = False) -> dict:
     """The merge settings the method takes (density means nothing to `linear`, say)."""
     offered = {"weights": weights, "density": density, "lam": lam,
-               "generator": torch.Generator().manual_seed(seed)}
+               "generator": torch.Generator().manual_seed(seed), "elect_weighted": elect_weighted}
     accepted = method_parameters(method)
     return {k: v for k, v in offered.items() if k in accepted}
 
@@ -457,6 +467,9 @@ def merge_adapters(
     seed: int = 0,
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
+    mode: str = "dense",
+    elect_weighted: bool = False,
+    record: Sequence[str] | None = None,
 ) -> Path:
     """Merge N LoRA adapters of one base into a checkpoint (or one LoRA), module by module.
 
@@ -477,6 +490,13 @@ def merge_adapters(
         seed: seeds DARE's drop masks (drawn module by module, in adapter-0 order).
         max_shard_size: the largest output shard.
         overwrite: replace an existing non-empty `out_path`.
+        mode: "dense" (the above: the method on the task vectors B·A·scale) or "peft-lora"
+            (PEFT's `add_weighted_adapter`, A and B merged apart; `method` is then its
+            combination_type, see `tilevl.merge.peft_lora`).
+        elect_weighted: dense TIES/DARE-TIES sign vote on the weighted deltas (mergekit);
+            False, the default, votes on the unweighted ones as PEFT does.
+        record: fingerprints to record as folded instead of the adapters' own (the sources
+            of an adapter merged beforehand).
     Returns:
         The folder written.
     """
@@ -485,6 +505,15 @@ def merge_adapters(
     base = Path(base_path)
     if not adapter_paths:
         raise CheckpointError("merge_adapters needs at least one adapter folder")
+    if mode not in ("dense", "peft-lora"):
+        raise ConfigError(f"merge mode must be 'dense' or 'peft-lora', got {mode!r}")
+    if mode == "peft-lora":
+        from tilevl.merge.peft_lora import merge_adapters_peft
+
+        _folded_already(base, [read_adapter(p) for p in adapter_paths])
+        return merge_adapters_peft(base, adapter_paths, out_path, method, density, weights,
+                                   as_lora_rank, progress, layout=layout, seed=seed,
+                                   max_shard_size=max_shard_size, overwrite=overwrite)
     config, base_layout = read_config(base)
     adapters = [adapter_for_base(read_adapter(p), config) for p in adapter_paths]
     names = _check_adapters_agree(adapters)
@@ -492,11 +521,8 @@ def merge_adapters(
         skeleton = VisionLanguageModel(config)
     for adapter in adapters:
         _check_fits(skeleton, adapter)
-    done = _raw_merged(base)
-    again = [str(a.path) for a in adapters if a.fingerprint in done]
-    if again:
-        raise CheckpointError(f"{base}: adapter(s) {again} are already folded into it ({MERGED_KEY} in config.json)")
-    kw = _method_kwargs(method, weights, density, lam, seed)
+    done = _folded_already(base, adapters, record)
+    kw = _method_kwargs(method, weights, density, lam, seed, elect_weighted)
     with tqdm(total=len(names), desc=f"merge {method}", unit="module", disable=not progress) as bar, \
             AtomicFolder(out_path, overwrite=overwrite) as tmp:
         merged_iter = _merged_modules(adapters, names, method, kw, bar)
@@ -506,7 +532,8 @@ def merge_adapters(
             targets = {name + ".weight" for name in names}
             pairs = _add_merged(_base_pairs(base, config, base_layout), merged_iter, targets, base)
             _write_ours(tmp, pairs, config, layout, max_shard_size)
-            _finish_folder(tmp, base, base_layout, layout, [*done, *(a.fingerprint for a in adapters)])
+            folded = list(record) if record is not None else [a.fingerprint for a in adapters]
+            _finish_folder(tmp, base, base_layout, layout, [*done, *folded])
     return Path(out_path)
 
 
@@ -552,86 +579,3 @@ def _write_lora(tmp: Path, merged_iter, template: Adapter, rank: int, base: Path
         base_model_name_or_path=str(base), inference_mode=True,
     )
     lora_config.save_pretrained(str(tmp))
-
-
-def merge_checkpoints(
-    base_path: str | Path,
-    finetuned_paths: Sequence[str | Path],
-    out_path: str | Path,
-    method: str = "ties",
-    density: float = 0.2,
-    lam: float = 1.0,
-    weights: Sequence[float] | None = None,
-    progress: bool = True,
-    *,
-    seed: int = 0,
-    max_shard_size: int | str = "5GB",
-    overwrite: bool = False,
-) -> Path:
-    """Merge N full fine-tunes of one base: task vectors (fine-tuned − base), tensor by tensor.
-
-    All checkpoints must share the base's layout and keys; the output keeps that layout,
-    and the base's config and side files. Non-float tensors are copied from the base.
-
-    Args:
-        base_path: the base checkpoint folder.
-        finetuned_paths: N checkpoint folders fine-tuned from it.
-        out_path: the folder to write (atomically).
-        method, density, lam, weights, seed: as in `merge_adapters`.
-        progress: show a tqdm bar over tensors.
-        max_shard_size: the largest output shard.
-        overwrite: replace an existing non-empty `out_path`.
-    Returns:
-        The folder written.
-    """
-    from tqdm.auto import tqdm
-
-    from tilevl.checkpoint.files import tensor_keys
-
-    base = Path(base_path)
-    if not finetuned_paths:
-        raise CheckpointError("merge_checkpoints needs at least one fine-tuned checkpoint")
-    _, base_layout = read_config(base)
-    base_keys = tensor_keys(weight_files(base))
-    sources: list[tuple[Path, dict[str, Path]]] = []
-    for path in map(Path, finetuned_paths):
-        _, ft_layout = read_config(path)
-        if ft_layout != base_layout:
-            raise CheckpointError(f"{path}: {ft_layout} layout, the base {base} is {base_layout}; convert it first")
-        keys = tensor_keys(weight_files(path))
-        if set(keys) != set(base_keys):
-            extra, lacking = sorted(set(keys) - set(base_keys)), sorted(set(base_keys) - set(keys))
-            raise CheckpointError(f"{path}: keys differ from the base {base}: extra {extra[:3]}, lacking {lacking[:3]}")
-        sources.append((path, keys))
-    kw = _method_kwargs(method, weights, density, lam, seed)
-    bar = tqdm(total=len(base_keys), desc=f"merge {method}", unit="tensor", disable=not progress)
-    with bar, ExitStack() as stack, AtomicFolder(out_path, overwrite=overwrite) as tmp:
-        readers: dict[Path, object] = {}
-
-        def reader(file: Path):
-            if file not in readers:
-                readers[file] = stack.enter_context(safe_open(file, framework="pt"))
-            return readers[file]
-
-        def merged_pairs():
-            for key, tensor, _ in iter_tensors(weight_files(base)):
-                bar.update(1)
-                if not tensor.is_floating_point():
-                    yield key, tensor
-                    continue
-                deltas = torch.empty((len(sources), *tensor.shape))  # [N, *shape], the merge's scratch
-                for i, (path, keys) in enumerate(sources):
-                    tuned = reader(keys[key]).get_tensor(key)
-                    if tuned.shape != tensor.shape:
-                        raise CheckpointError(
-                            f"{path}: key {key!r} has shape {tuple(tuned.shape)}, the base {tuple(tensor.shape)}"
-                        )
-                    torch.sub(tuned.float(), tensor.float(), out=deltas[i])
-                merged = merge_deltas(method, deltas, **kw)
-                del deltas
-                yield key, (tensor.float() + merged).to(tensor.dtype)
-
-        write_shards(merged_pairs(), tmp, max_shard_size)
-        shutil.copy2(base / "config.json", tmp / "config.json")
-        _finish_folder(tmp, base, base_layout, base_layout, None)
-    return Path(out_path)

@@ -9,10 +9,10 @@ The building blocks are PEFT's (`peft.utils.merge_utils`: `prune`, `calculate_ma
 `disjoint_merge`, `task_arithmetic`); we differ from PEFT's composite functions in three places:
 
 * λ (`lam`): the TIES paper's final scale θ = θ_base + λ·τ_m. PEFT has no λ (λ = 1).
-* TIES sign election uses the *weighted* trimmed deltas by default (`elect_weighted=True`, as
-  mergekit does): an adapter given weight 0 must not vote, and a weight of 2 should count
-  twice. PEFT elects on the unweighted trimmed deltas; `elect_weighted=False` reproduces it
-  exactly. With equal weights (the default, weights=None) both agree.
+* TIES sign election: PEFT (the default here) votes on the *unweighted* trimmed deltas and
+  weights them afterwards; `elect_weighted=True` votes on the weighted ones, as mergekit
+  does (an adapter given weight 0 does not vote, a weight of 2 counts twice). With equal
+  weights (weights=None) both agree.
 * DARE draws its drop mask from a `torch.Generator` we are given (PEFT's `random_pruning`
   uses the global RNG), so a merge is reproducible without touching global state. With a
   generator seeded like the global RNG the masks are identical to PEFT's.
@@ -138,7 +138,7 @@ def merge_ties(
     density: float = 0.2,
     lam: float = 1.0,
     *,
-    elect_weighted: bool = True,
+    elect_weighted: bool = False,
     sign_method: str = "total",
 ) -> torch.Tensor:
     """TIES-merging (Yadav et al. 2023): trim, elect sign, disjoint mean, scale by λ.
@@ -149,7 +149,8 @@ def merge_ties(
         weights: N per-task weights (default all 1) multiplying each trimmed delta.
         density: fraction of each task vector kept by magnitude (the paper's k, e.g. 0.2).
         lam: λ, the scale of the merged task vector.
-        elect_weighted: elect the sign on the weighted deltas (False: PEFT's unweighted vote).
+        elect_weighted: elect the sign on the weighted deltas (mergekit); False (default):
+            PEFT's vote on the unweighted deltas.
         sign_method: "total" (sign of the sum, the paper) or "frequency" (majority count).
     Returns:
         The merged delta, float32, of the deltas' shape.
@@ -170,7 +171,7 @@ def merge_dare(
     generator: torch.Generator | None = None,
     lam: float = 1.0,
     *,
-    elect_weighted: bool = True,
+    elect_weighted: bool = False,
     sign_method: str = "total",
 ) -> torch.Tensor:
     """DARE (Yu et al. 2023): drop at random with 1/density rescale, then sum or TIES-combine.

@@ -92,3 +92,24 @@ def test_hallusionbench_groupings():
     assert out["qAcc"] == 0.5 and out["n_questions"] == 2  # question 0 only (on both figures)
     with pytest.raises(InputError, match="not yes/no"):
         score_hallusionbench([rec(0, 0, "yes", "maybe")])
+
+
+def test_hallusionbench_fig_accuracy_leaves_out_vs_questions_without_a_figure():
+    # tianyi-lab/HallusionBench utils.py get_eval_fig: `if category == "VS" and figure_id
+    # == "0": continue`. VS set 3: asked without the figure (id 0, wrong), then with
+    # figure 1 (right). VD figure 0 is a real figure and stays.
+    def rec(category, figure, question, prediction, answer):
+        return {"category": category, "subcategory": "map", "set_id": "3",
+                "figure_id": figure, "question_id": question, "prediction": prediction,
+                "answer": answer}
+
+    records = [
+        rec("VS", "0", 0, "Yes", "0"), rec("VS", "0", 1, "No", "0"),  # no figure: 1 of 2
+        rec("VS", "1", 0, "No", "0"), rec("VS", "1", 1, "No", "0"),   # figure 1: right
+        rec("VD", 0, 0, "No", "1"),                                  # VD figure 0: wrong
+    ]
+    out = score_hallusionbench(records)
+    assert out["fAcc"] == 0.5 and out["n_figures"] == 2   # VS figure 1 and VD figure 0
+    assert out["n_no_figure"] == 2
+    assert out["fAcc_vlmevalkit"] == pytest.approx(1 / 3)  # the no-figure group counted too
+    assert out["aAcc"] == 0.6 and out["qAcc"] == pytest.approx(1 / 3)

@@ -10,57 +10,105 @@ import re
 
 # --- generic multiple choice ----------------------------------------------------------
 # Source: open-compass/VLMEvalKit vlmeval/utils/matching_util.py (`can_infer_option`,
-# `can_infer_text`, `can_infer`): the exact-matching stage that runs before any LLM judge.
+# `can_infer_text`, `can_infer`, as of commit e8e78f0): the exact-matching stage that runs
+# before any LLM judge. The rules below are that code's, one for one; what each returns is
+# what `can_infer` returns, with upstream's `False` written as None.
 _REFUSALS = (
     "Sorry, I can't help with images of people yet.",
     "I can't process this file.",
     "I'm sorry, but without the image provided",
     "Cannot determine the answer",
 )
+# A judge reply that says the API failed is never read as a letter (only as option text).
+_API_FAILURE = "Failed to obtain answer via API"
 _OPTION_SEPARATORS = ".()[],:;!*#{}"
+# A lone letter counts only when it is among the last this-many tokens: "The answer is B"
+# reads as B, "B because the animal barks" does not.
+_LAST_TOKENS = 4
+# "The correct answer is **B**", "answer is b": case-insensitive, A–D only, and (as upstream)
+# with no word boundary after the letter, so "the answer is a cat" reads as A.
+_ANSWER_IS = re.compile(r"(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", re.IGNORECASE)
+NONE_OF_THE_OPTIONS = "Z"
 
 
-def _option_letter(prediction: str, letters: list[str]) -> str | None:
+def infer_option_letter(prediction: str, letters: list[str]) -> str | None:
+    """VLMEvalKit's `can_infer_option`: the option letter a reply states, "Z", or None.
+
+    After `.()[],:;!*#{}` become spaces the reply is split into tokens. Exactly one option
+    letter among the tokens, with its first occurrence among the last four tokens, is the
+    choice. No option letter but a lone "Z" token gives "Z" (none of the options); so do
+    the four canned refusals. Otherwise "answer is X" (any case, X in A–D and an option)
+    decides. VLMEvalKit's extra guard against the article "A" runs only with VERBOSE set,
+    so (as by default there) "A cat" reads as option A.
+
+    Args:
+        prediction: the model's reply.
+        letters: the option letters, e.g. ["A", "B", "C", "D"].
+
+    Returns:
+        A letter of `letters`, "Z", or None.
+    """
+    if _API_FAILURE in prediction:
+        return None
+    if any(refusal in prediction for refusal in _REFUSALS):
+        return NONE_OF_THE_OPTIONS
     text = prediction
     for char in _OPTION_SEPARATORS:
         text = text.replace(char, " ")
     tokens = text.split()
     found = [letter for letter in letters if letter in tokens]
-    # Exactly one option letter standing alone as a token: "B", "B.", "(B)", "B: cat",
-    # "The answer is B". Two letters ("A or B") are ambiguous and fall through to text.
-    # VLMEvalKit's guard against the article "A" only runs in its verbose mode, so "A cat"
-    # reads as option A here too.
-    return found[0] if len(found) == 1 else None
+    if len(found) == 1:
+        if tokens.index(found[0]) >= len(tokens) - _LAST_TOKENS:
+            return found[0]
+    elif not found and NONE_OF_THE_OPTIONS in tokens:
+        return NONE_OF_THE_OPTIONS
+    match = _ANSWER_IS.search(prediction)
+    if match and match.group(1).upper() in letters:
+        return match.group(1).upper()
+    return None
 
 
-def _option_text(prediction: str, options: dict[str, str]) -> str | None:
+def infer_option_text(prediction: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit's `can_infer_text`: the one option whose text the reply contains, or None.
+
+    Case-insensitive substring match, refused outright when the reply is more than twice
+    as long (in characters) as all option texts together: a long explanation mentions
+    several options in passing and is left to the judge.
+
+    Args:
+        prediction: the model's reply.
+        options: option letter → option text.
+
+    Returns:
+        The letter of the only option text found, or None.
+    """
     lowered = prediction.lower()
+    if len(lowered) > 2 * sum(len(str(text)) for text in options.values()):
+        return None
     found = [letter for letter, text in options.items() if str(text).lower() in lowered]
     return found[0] if len(found) == 1 else None
 
 
 def extract_choice(prediction: str, options: dict[str, str]) -> str | None:
-    """Which option a free-text answer picks, or None when it cannot be told.
+    """Which option a free-text answer picks: VLMEvalKit's `can_infer`.
 
-    The option letter is tried first (a single option letter standing as its own token
-    after `.()[],:;!*#{}` become spaces), then the option texts (exactly one option text
-    contained in the lower-cased answer). Refusals and "Z" (none of the options) give None.
+    The option letter is tried first (`infer_option_letter`), then the option texts
+    (`infer_option_text`). "Z" means the reply was read and picks none of the options
+    (a refusal, or "Z" itself): upstream scores it wrong and never sends it to the judge.
+    None means unreadable: upstream sends it to the judge when there is one, else scores
+    it wrong.
 
     Args:
-        prediction: the model's answer.
+        prediction: the model's answer (None reads as "").
         options: option letter → option text, e.g. `{"A": "cat", "B": "dog"}`.
 
     Returns:
-        The chosen letter, or None when unparsable (score it as wrong).
+        The chosen letter, "Z", or None.
     """
     prediction = "" if prediction is None else str(prediction)
-    if any(refusal in prediction for refusal in _REFUSALS):
-        return None
-    letters = [str(k) for k in options]
-    letter = _option_letter(prediction, letters)
-    if letter is not None:
-        return letter
-    return _option_text(prediction, {str(k): v for k, v in options.items()})
+    options = {str(k): v for k, v in options.items()}
+    letter = infer_option_letter(prediction, list(options))
+    return letter if letter is not None else infer_option_text(prediction, options)
 
 
 # --- MMMU multiple choice -------------------------------------------------------------

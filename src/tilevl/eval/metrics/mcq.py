@@ -42,8 +42,11 @@ def score_mmbench(records: list[dict]) -> dict:
 
     Source: open-compass/VLMEvalKit `mcq_circular_eval` / `mcq_vanilla_eval`
     (vlmeval/dataset/utils/multiple_choice.py) with the rule-based `can_infer` extraction
-    (no LLM judge). Rotations share `index % 1_000_000`; the copy with index < 1_000_000 is
-    the original and supplies the category. Unparsable answers count as wrong.
+    (`extract_choice`). Rotations share `index % 1_000_000`; the copy with index < 1_000_000
+    is the original and supplies the category. A question counts only when every rotation
+    reads as its gold letter: a reply read as "Z" (none of the options) is wrong; an
+    unreadable one is wrong too, unless the runner's judge replaced it beforehand (upstream
+    asks its judge for exactly these).
 
     Args:
         records: dicts with `index` (int), `prediction`, `answer` (a letter), `options`
@@ -52,7 +55,7 @@ def score_mmbench(records: list[dict]) -> dict:
     Returns:
         `accuracy` (circular), `vanilla_accuracy` (originals only), `per_category` and
         `per_l2_category` (circular, `{name: {"score", "n"}}`), `n_questions`, `unparsed`
-        (records), `incomplete` (questions with fewer copies than options), `n`.
+        (records no rule could read; "Z" is read), `incomplete` (questions with fewer copies than options), `n`.
     """
     rule = "mmbench_circular"
     groups: dict[int, list[tuple[int, dict, bool]]] = {}

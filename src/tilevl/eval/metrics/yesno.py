@@ -161,25 +161,39 @@ def score_pope(records: list[dict]) -> dict:
                   f1_mean_over_splits=ratio(sum(f1s), len(f1s)))
 
 
+def _no_figure(record: dict) -> bool:
+    # HallusionBench marks a visual-supplement question asked without its figure with
+    # figure_id 0 (visual_input 0); in a TSV the id may arrive as "0" or 0.0.
+    if str(record.get("category")) != "VS":
+        return False
+    try:
+        return float(str(record.get("figure_id")).strip()) == 0
+    except ValueError:
+        return False
+
+
 def score_hallusionbench(records: list[dict]) -> dict:
     """HallusionBench question (aAcc), figure (fAcc) and question-pair (qAcc) accuracy.
 
-    Source: tianyi-lab/HallusionBench evaluation (`get_eval_all`, `get_eval_fig`,
-    `get_eval_pair_all`) as re-implemented in VLMEvalKit `Hallusion_rating`
-    (vlmeval/dataset/utils/yorn.py): fAcc groups by (category, subcategory, set_id,
-    figure_id), qAcc by (category, subcategory, set_id, question_id); a group counts only if
-    all its questions are right. Answers are read with the rule-based `YOrN_Extraction`
-    (no GPT judge); unparsable ones count as wrong.
+    Source: tianyi-lab/HallusionBench utils.py (`get_eval_all`, `get_eval_fig`,
+    `get_eval_pair_all`) with evaluation.py's leaderboard figures: fAcc groups by (category,
+    subcategory, set_id, figure_id) and leaves out the visual-supplement (VS) questions
+    asked with no figure (figure_id 0); qAcc groups by (category, subcategory, set_id,
+    question_id), no-figure questions included; a group counts only if all its questions
+    are right. VLMEvalKit's `Hallusion_rating` keeps the no-figure VS questions in fAcc as
+    one more "figure" per set; that reading is `fAcc_vlmevalkit`. Answers are read with
+    the rule-based `YOrN_Extraction` (no GPT judge); unparsable ones count as wrong.
 
     Args:
         records: dicts with `prediction`, `answer` ("yes"/"no" or "1"/"0"), `category`
             ("VD"/"VS"), `subcategory`, `set_id`, `figure_id`, `question_id`.
 
     Returns:
-        `aAcc`, `fAcc`, `qAcc` (fractions), `n_figures`, `n_questions`, `unparsed`, `n`.
+        `aAcc`, `fAcc`, `qAcc` (fractions), `fAcc_vlmevalkit`, `n_figures`,
+        `n_no_figure` (VS questions left out of fAcc), `n_questions`, `unparsed`, `n`.
     """
     rule = "hallusionbench"
-    correct, figures, questions, unparsed = [], [], [], 0
+    correct, figures, questions, unparsed, pictured = [], [], [], 0, []
     for i, record in enumerate(records):
         pred = parse_yes_no(record.get("prediction", ""), "vlmevalkit")
         unparsed += pred is None
@@ -188,8 +202,13 @@ def score_hallusionbench(records: list[dict]) -> dict:
                 str(require(record, "set_id", i, rule)))
         figures.append(base + (str(require(record, "figure_id", i, rule)),))
         questions.append(base + (str(require(record, "question_id", i, rule)),))
-    f_acc, n_figures = all_correct_rate(figures, correct)
+        pictured.append(not _no_figure(record))
+    f_acc, n_figures = all_correct_rate(
+        [f for f, keep in zip(figures, pictured) if keep],
+        [c for c, keep in zip(correct, pictured) if keep])
+    f_acc_all, _ = all_correct_rate(figures, correct)
     q_acc, n_questions = all_correct_rate(questions, correct)
-    return result(rule, "1", len(records), aAcc=ratio(sum(correct), len(correct)),
-                  fAcc=f_acc, qAcc=q_acc, n_figures=n_figures, n_questions=n_questions,
+    return result(rule, "2", len(records), aAcc=ratio(sum(correct), len(correct)),
+                  fAcc=f_acc, qAcc=q_acc, fAcc_vlmevalkit=f_acc_all, n_figures=n_figures,
+                  n_no_figure=pictured.count(False), n_questions=n_questions,
                   unparsed=unparsed)
