@@ -149,10 +149,55 @@ def test_resume_continues_exactly(colour_meta, tmp_path, mode):
     assert second.global_step == 8
     assert abs(second.last_loss - whole.last_loss) <= 1e-5
     assert losses(second)[-4:] == pytest.approx(losses(whole)[-4:], abs=1e-5)
+    # The mean loss covers all 8 steps, not the 4 after the resume.
+    assert second.train_loss == pytest.approx(whole.train_loss, abs=1e-6)
+    summary = json.loads((tmp_path / "split" / SUMMARY_FILE).read_text())
+    assert summary["train_loss"] == pytest.approx(whole.train_loss, abs=1e-6)
     assert not list((tmp_path / "split").glob(".staging-*"))
     assert (tmp_path / "split" / "checkpoint-8" / COMPLETE_MARKER).exists()
     if mode == "lora":
         assert (tmp_path / "split" / "checkpoint-4" / "trainable_base.safetensors").exists()
+
+
+def test_resumed_mean_loss_counts_steps_not_logged_at_the_checkpoint(colour_meta, tmp_path):
+    # logging every 3 steps, a checkpoint at step 4: step 4's loss is not logged yet when it
+    # is saved, and must still count in the resumed run's mean.
+    common = dict(max_steps=7, save_steps=4, logging_steps=3, per_device_train_batch_size=4)
+    whole = run(colour_meta, tmp_path / "whole", **common)
+    run(colour_meta, tmp_path / "split", callbacks=[StopAt(4)], **common)
+    second = run(colour_meta, tmp_path / "split", resume=True, **common)
+    assert second.global_step == 7
+    assert second.train_loss == pytest.approx(whole.train_loss, abs=1e-6)
+    assert second.log_history[-1]["train_loss"] == pytest.approx(whole.train_loss, abs=1e-6)
+
+
+class SeenAtStart(TrainerCallback):
+    """What stderr held when training began."""
+
+    def __init__(self, capsys) -> None:
+        self.capsys, self.err = capsys, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.err = self.capsys.readouterr().err
+
+
+def test_bad_records_are_reported_before_training_and_summarised(tmp_path, capsys):
+    bad = [json.dumps({"image": "images/missing.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]})] * 7
+    bad += ["{not json", json.dumps({"image": "../outside.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]})]
+    meta = write_colour_set(tmp_path / "data", extra_lines=bad)
+    seen = SeenAtStart(capsys)
+    result = run(meta, tmp_path / "out", max_steps=1, callbacks=[seen])
+    assert "missing_image: 7" in seen.err and "bad_json: 1" in seen.err
+    assert "outside_root: 1" in seen.err and "… and 2 more" in seen.err
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["records"] == {"valid": 8, "bad": {"outside_root": 1, "missing_image": 7,
+                                                       "bad_json": 1},
+                                  "samples_per_epoch": 8, "report": "bad_records.jsonl"}
+    assert result.records == summary["records"]
+    rows = (tmp_path / "out" / "bad_records.jsonl").read_text().splitlines()
+    assert len(rows) == 9 and all(json.loads(r)["place"].startswith(str(tmp_path)) for r in rows)
 
 
 def test_two_processes_match_one(colour_meta, tmp_path):
@@ -197,7 +242,7 @@ def test_group_by_length_from_the_command_line(colour_meta, tmp_path, capsys):
                               "--per_device_train_batch_size", "3", "--max_steps", "2"])
     assert args.func(args) == 0
     err = capsys.readouterr().err
-    assert "trained 2 steps" in err and "SFTDataset: 8 item(s)" in err
+    assert "trained 2 steps" in err and "SFTDataset: 8 sample(s) per epoch" in err
 
 
 def test_incomplete_checkpoints_are_not_resumed(tmp_path):

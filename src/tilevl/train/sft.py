@@ -33,6 +33,7 @@ STAGING_PREFIX = ".staging-"
 MODEL_WEIGHTS = "model.safetensors"
 EXTRA_WEIGHTS = "trainable_base.safetensors"  # non-LoRA trainable weights of a LoRA run
 SUMMARY_FILE = "train_summary.json"
+BAD_RECORDS_FILE = "bad_records.jsonl"  # every skipped record: {reason, place, detail}
 
 
 # ---- batches ------------------------------------------------------------------------------------
@@ -141,6 +142,10 @@ class SFTTrainer(Trainer):
         self.tokens_seen = 0  # this rank's non-padding input tokens
         self._staging: Path | None = None
         self.train_batch_sampler: GlobalBatchSampler | None = None
+        # Sum of the per-step losses before this `train()` call (read from the resumed
+        # checkpoint's marker); None: unknown (a checkpoint from before it was recorded).
+        self.loss_before: float | None = 0.0
+        self.add_callback(_RunningLoss(self))
 
     def get_train_dataloader(self) -> DataLoader:
         args = self.args
@@ -193,6 +198,26 @@ class SFTTrainer(Trainer):
             loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
+    # ---- the whole run's mean loss -----------------------------------------------------------
+    def running_loss_sum(self) -> float:
+        """Per-step losses (averaged over ranks) summed from step 1 to now, including the
+        steps not logged yet. Every rank must call it (it gathers)."""
+        from transformers.trainer_pt_utils import nested_gather
+
+        pending = nested_gather(self._tr_loss.detach().clone(), self.args.parallel_mode)
+        return self._total_loss_scalar + float(pending.mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Trainer's train_loss covers only the steps of this call; after a resume the run's
+        # earlier steps count too (their sum came back in loss_before, see _RunningLoss).
+        if "train_loss" in logs and self.loss_before is not None and self.state.global_step:
+            logs["train_loss"] = self._total_loss_scalar / self.state.global_step
+        super().log(logs, start_time)
+
+    def _finalize_training(self, trial, num_train_samples, start_time):
+        output = super()._finalize_training(trial, num_train_samples, start_time)
+        return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
+
     # ---- atomic checkpoints -------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
@@ -215,10 +240,13 @@ class SFTTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging = None
+        loss_sum = self.running_loss_sum()
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             written = staging / name
             marker = {"global_step": self.state.global_step, "world_size": self.args.world_size}
+            if self.loss_before is not None:  # for the whole run's mean loss after a resume
+                marker["loss_sum"] = loss_sum
             (written / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", "utf-8")
             final = run_dir / name
             if final.exists():  # an older run's checkpoint of the same step
@@ -309,6 +337,24 @@ def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+class _RunningLoss(TrainerCallback):
+    """Start this call's loss sum where the resumed run left it, so the mean covers the run."""
+
+    def __init__(self, trainer: SFTTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer.loss_before is not None:
+            self.trainer._total_loss_scalar = self.trainer.loss_before
+
+
+def read_loss_sum(checkpoint: Path) -> float | None:
+    """The loss sum a checkpoint's completion marker recorded (None: not recorded)."""
+    marker = json.loads((checkpoint / COMPLETE_MARKER).read_text("utf-8"))
+    value = marker.get("loss_sum")
+    return float(value) if value is not None else None
+
+
 # ---- progress -------------------------------------------------------------------------------------
 class TrainProgress(TrainerCallback):
     """One tqdm bar: step, ETA (tqdm's), loss, learning rate and tokens/s over all ranks."""
@@ -371,6 +417,7 @@ class TrainResult:
     train_loss: float | None
     log_history: list[dict] = field(default_factory=list)
     trainable_parameters: int = 0
+    records: dict = field(default_factory=dict)  # valid / bad / samples_per_epoch / report
     model: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -490,10 +537,12 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     model, tokenizer = prepare_model(config)
     inner = base_model(model)
     data = dict(tokenizer=tokenizer, config=inner.config, max_seq_length=config.max_seq_length,
-                strict=config.strict, seed=config.seed)
+                strict=config.strict, seed=config.seed,
+                allow_outside_root=config.allow_outside_root)
     dataset = SFTDataset(config.meta_path, **data)
     # checks every record once; lengths drive grouping and packing
     lengths = dataset.scan(progress=args.should_log)
+    records = _report_records(dataset, out, args.should_save)
     eval_dataset = SFTDataset(config.eval_meta_path, **data) if config.eval_meta_path else None
     pad = pad_id(tokenizer, get_template(inner.config.template))
     trainable, total = count_parameters(model)
@@ -513,13 +562,36 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     if config.resume and resume is None and args.should_save:
         print(f"[tilevl train] --resume: no complete checkpoint in {out}; starting fresh",
               file=sys.stderr)
+    if resume is not None:
+        trainer.loss_before = read_loss_sum(resume)
+        if trainer.loss_before is None and args.should_save:
+            print(f"[tilevl train] {resume} does not record the loss so far: the mean loss "
+                  "will cover only the steps after the resume", file=sys.stderr)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     result = TrainResult(out, None, None, trainer.state.global_step, output.training_loss,
-                         list(trainer.state.log_history), trainable)
+                         list(trainer.state.log_history), trainable, records=records)
     _save_final(trainer, config, tokenizer, result)
-    if args.should_save:
-        print(dataset.report(), file=sys.stderr)
     return result
+
+
+def _report_records(dataset, out: Path, main_process: bool) -> dict:
+    """Print the bad-record report before training and write every place to the output folder.
+
+    Returns:
+        train_summary.json's "records": {valid, bad: {reason: count}, samples_per_epoch,
+        report: the file listing every bad record (relative to output_dir), or None}.
+    """
+    records = {**dataset.summary(), "report": None}
+    if main_process:
+        print(dataset.report(), file=sys.stderr)
+        (out / BAD_RECORDS_FILE).unlink(missing_ok=True)  # an earlier run's list
+        if records["bad"]:
+            file = dataset.write_bad_records(out / BAD_RECORDS_FILE)
+            records["report"] = file.name
+            print(f"[tilevl train] every bad record is listed in {file}", file=sys.stderr)
+    elif records["bad"]:
+        records["report"] = BAD_RECORDS_FILE
+    return records
 
 
 def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: TrainResult) -> None:
@@ -554,7 +626,8 @@ def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: Tra
         result.model = model
         summary = {"global_step": result.global_step, "train_loss": result.train_loss,
                    "trainable_parameters": result.trainable_parameters,
-                   "world_size": trainer.args.world_size, "log_history": result.log_history}
+                   "world_size": trainer.args.world_size, "records": result.records,
+                   "log_history": result.log_history}
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     else:
         result.adapter_dir = out / "adapter" if is_peft_model(model) else None
