@@ -329,3 +329,22 @@ def test_param_groups_sort_lora_and_frozen_parameters():
     # mlp falls back to learning_rate; the frozen bias is in no group.
     assert summary == [(0.1, 0.0, 1), (0.1, 0.5, 1), (1.0, 0.0, 1), (1.0, 0.5, 1), (1.0, 0.5, 1)]
     assert sum(len(g["params"]) for g in groups) == 5
+
+
+def test_ctrl_c_prints_the_command_that_resumes(colour_meta, tmp_path, monkeypatch, capsys):
+    from tilevl.cli import main
+
+    out = tmp_path / "out"
+    run(colour_meta, out, max_steps=2, save_steps=2)  # a complete checkpoint-2
+
+    def interrupted(config, callbacks=()):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tilevl.train.sft.train", interrupted)
+    argv = ["train", str(CONFIG), "--meta_path", str(colour_meta), "--output_dir", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"To continue from {out / 'checkpoint-2'}, run:" in err
+    assert f"tilevl train {CONFIG} --meta_path {colour_meta} --output_dir {out} --resume" in err
+    assert main([*argv[:-1], str(tmp_path / "fresh")]) == 130
+    assert "no checkpoint was complete yet (one is saved every 1000 steps)" in capsys.readouterr().err

@@ -645,11 +645,21 @@ def main(argv: list[str] | None = None) -> int:
               "[--key value ...] [--resume]")
         return 0 if argv else 2
     path = None if argv[0].startswith("--") else argv.pop(0)
+    config = None
     try:
-        train(load_train_config(path, argv))
+        config = load_train_config(path, argv)
+        train(config)
     except TilevlError as exc:
         print(f"tilevl train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        from tilevl.train.commands import resume_hint
+
+        # under torchrun / accelerate launch, keep the launcher in front of it
+        command = ["python", "-m", "tilevl.train.sft", *([path] if path else []), *argv]
+        if config is not None:
+            print(resume_hint(config, command), file=sys.stderr)
+        return 130
     return 0
 
 
