@@ -437,6 +437,50 @@ def _check_optional(config: TrainConfig) -> None:
         require("tensorboard", extra="train", purpose="by report_to: tensorboard")
 
 
+_PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours → accelerate's names
+
+
+def check_launch(config: TrainConfig, environ: dict | None = None) -> None:
+    """Refuse launches that would silently train differently from what was asked.
+
+    - FSDP on CPU. accelerate (1.16) turns a multi-process CPU run into MULTI_CPU data
+      parallel and never sets FSDP up there (`AcceleratorState` enables FSDP only for
+      GPU-like device types), while FSDP1's plugin raises "sync_module_states=True is not
+      supported on cpu" and FSDP2's is dropped: the run would be plain DDP with every rank
+      holding the whole model, checkpoints included. torch's own FSDP works with gloo, but
+      Trainer only reaches it through accelerate, so we refuse rather than pretend.
+    - `mixed_precision` in an accelerate config (ACCELERATE_MIXED_PRECISION) that differs from
+      the training config's `precision`: transformers takes accelerate's, so `precision:
+      fp32` would train in bf16 without a word.
+
+    Args:
+        config: the run's config.
+        environ: the environment to read (default os.environ; for tests).
+    Raises:
+        ConfigError: naming the setting and what to do instead.
+    """
+    env = os.environ if environ is None else environ
+    fsdp = bool(config.fsdp) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    on_cpu = (config.use_cpu or env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+              or not torch.cuda.is_available())
+    if fsdp and on_cpu:
+        where = f"fsdp: {config.fsdp!r}" if config.fsdp else "the accelerate config's FSDP"
+        raise ConfigError(
+            f"{where}: FSDP does not run on CPU through transformers' Trainer (accelerate sets "
+            "FSDP up only on GPUs; on CPU it would silently train plain data parallel with a "
+            "full model copy per process). On CPU launch plain data parallel instead: "
+            "`torchrun --nproc_per_node N -m tilevl.train.sft CONFIG.yaml` or `accelerate "
+            "launch --num_processes N -m tilevl.train.sft CONFIG.yaml` without the FSDP config; "
+            "use configs/accelerate/fsdp.yaml on GPUs")
+    launched = env.get("ACCELERATE_MIXED_PRECISION", "no")
+    # bf16/fp16 in the config win over accelerate's; only fp32 is overridden.
+    if config.precision == "fp32" and launched in ("bf16", "fp16"):
+        raise ConfigError(
+            f"precision: fp32 in the training config, but the accelerate config says "
+            f"mixed_precision: {launched}, which transformers would train in; make them agree "
+            f"(precision: {launched}, or mixed_precision: 'no' in the accelerate config)")
+
+
 def _importable(module: str) -> bool:
     from tilevl.optional import is_available
 
@@ -528,6 +572,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Tra
 
     config.require_paths()
     _check_optional(config)
+    check_launch(config)
     out = Path(config.output_dir)
     if (not config.resume and not config.overwrite_output_dir
             and find_resume_checkpoint(out) is not None):
@@ -600,6 +645,12 @@ def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: Tra
 
     trainer.accelerator.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_fsdp_enabled and not is_peft_model(model):
+        # Sharded parameters: gather the full state dict (every rank takes part, rank 0
+        # receives it) and save it from an ordinary model, in the official layout.
+        state = trainer.accelerator.get_state_dict(trainer.model)
+        if trainer.args.should_save:
+            model = _consolidated(model, state)
     out = Path(config.output_dir)
     if trainer.args.should_save:
         model.eval()
@@ -633,6 +684,21 @@ def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: Tra
         result.adapter_dir = out / "adapter" if is_peft_model(model) else None
         result.model_dir = out / "model" if not is_peft_model(model) or config.save_merged else None
     trainer.accelerator.wait_for_everyone()
+
+
+def _consolidated(sharded: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A plain VisionLanguageModel on CPU holding the gathered full `state` of an FSDP model."""
+    from tilevl.model.vlm import build_model
+
+    model = build_model(sharded.config, device="cpu", dtype=next(iter(state.values())).dtype,
+                        seed=None)
+    result = model.load_state_dict({k: v.detach().to("cpu") for k, v in state.items()},
+                                   strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"FSDP consolidation: keys missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    model.img_context_token_id = sharded.img_context_token_id
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
