@@ -354,12 +354,9 @@ def test_launches_that_would_train_otherwise_are_refused():
     from tilevl.train.sft import check_launch
 
     cpu = load_train_config(CONFIG, meta_path="m.json", output_dir="o")  # use_cpu: true
-    fsdp_env = {"ACCELERATE_USE_FSDP": "true", "ACCELERATE_MIXED_PRECISION": "no"}
-    with pytest.raises(ConfigError, match="FSDP does not run on CPU.*torchrun --nproc_per_node"):
-        check_launch(cpu, fsdp_env)
-    with pytest.raises(ConfigError, match="fsdp: 'full_shard auto_wrap': FSDP does not run on CPU"):
+    with pytest.raises(ConfigError, match="fsdp: 'full_shard auto_wrap': on CPU.*fsdp.yaml"):
         check_launch(load_train_config(CONFIG, fsdp="full_shard auto_wrap"), {})
-    check_launch(cpu, {"ACCELERATE_MIXED_PRECISION": "no"})  # plain DDP on CPU is fine
+    check_launch(cpu, {"ACCELERATE_USE_FSDP": "true", "ACCELERATE_MIXED_PRECISION": "no"})
     # accelerate's bf16 would silently replace the config's fp32
     with pytest.raises(ConfigError, match="precision: fp32 .* mixed_precision: bf16"):
         check_launch(cpu, {"ACCELERATE_MIXED_PRECISION": "bf16"})
@@ -380,49 +377,52 @@ def test_consolidated_fsdp_state_is_an_ordinary_model():
         _consolidated(model, {k: v for k, v in model.state_dict().items() if "mlp1" not in k})
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fsdp_on_gpus_matches_one_process_resumes_and_consolidates(colour_meta, tmp_path):
-    """configs/accelerate/fsdp.yaml on every GPU (up to 2): the same losses as one plain
-    process, a sharded checkpoint that resumes, and model/ in the official layout."""
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_fsdp_shards_matches_one_process_resumes_and_consolidates(colour_meta, tmp_path, device):
+    """configs/accelerate/fsdp.yaml on 2 processes (gloo on CPU; on GPUs, one per GPU up to 2):
+    the same losses as one plain process, a sharded checkpoint that resumes exactly, and
+    model/ consolidated in the official layout."""
     import yaml
 
     import tilevl
 
-    n = min(torch.cuda.device_count(), 2)
+    n = 2 if device == "cpu" else min(torch.cuda.device_count(), 2)
     root = Path(__file__).resolve().parents[2]
     launcher = yaml.safe_load((root / "configs" / "accelerate" / "fsdp.yaml").read_text())
-    launcher.update(num_processes=n, mixed_precision="no")
+    launcher.update(num_processes=n, mixed_precision="no")  # fp32: comparable to 1e-5
     (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(launcher))
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    common = ["--meta_path", str(colour_meta), "--use_cpu", "false", "--precision", "fp32",
-              "--per_device_train_batch_size", str(8 // n), "--save_steps", "2"]
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "fsdp"
+    common = ["--meta_path", str(colour_meta), "--use_cpu", str(device == "cpu").lower(),
+              "--per_device_train_batch_size", str(8 // n), "--save_steps", "2",
+              "--output_dir", str(out)]
 
-    def launch(out, *extra, fsdp=True):
-        head = ([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                 str(tmp_path / "fsdp.yaml"), "--num_processes", str(n)] if fsdp
-                else [sys.executable])
-        cmd = [*head, "-m", "tilevl.train.sft", str(CONFIG), *common, "--output_dir", str(out),
-               *extra]
+    def launch(*extra):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(tmp_path / "fsdp.yaml"), "--num_processes", str(n), "-m", "tilevl.train.sft",
+               str(CONFIG), *common, *extra]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
         assert done.returncode == 0, done.stderr[-4000:]
-        summary = json.loads((out / SUMMARY_FILE).read_text())
-        return summary, [e["loss"] for e in summary["log_history"] if "loss" in e]
 
-    whole, whole_losses = launch(tmp_path / "whole", "--max_steps", "4")
-    assert whole["world_size"] == n
-    shards = [p.name for p in (tmp_path / "whole" / "checkpoint-2").iterdir()]
-    assert any(name.startswith("pytorch_model_fsdp") for name in shards), shards
-    plain, plain_losses = launch(tmp_path / "plain", "--max_steps", "4",
-                                 "--per_device_train_batch_size", "8", fsdp=False)
-    assert whole_losses == pytest.approx(plain_losses, abs=1e-5)
-    launch(tmp_path / "split", "--max_steps", "2")
-    split, split_losses = launch(tmp_path / "split", "--max_steps", "4", "--resume")
-    assert split_losses[-2:] == pytest.approx(whole_losses[-2:], abs=1e-5)
-    assert split["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-6)
-    assert json.loads((tmp_path / "whole" / "model" / "config.json").read_text())[
-        "architectures"] == ["InternVLChatModel"]
-    consolidated = tilevl.load_model(tmp_path / "whole" / "model").state_dict()
-    reference = tilevl.load_model(tmp_path / "plain" / "model").state_dict()
-    for name, value in reference.items():
-        torch.testing.assert_close(consolidated[name], value, atol=1e-5, rtol=0)
+    launch("--max_steps", "2")  # stops after a checkpoint, as a pre-empted job would
+    shards = sorted(p.name for p in (out / "checkpoint-2").iterdir())
+    assert "pytorch_model_fsdp_0" in shards and "optimizer_0" in shards, shards
+    assert "model.safetensors" not in shards  # sharded, not a full copy per checkpoint
+    launch("--max_steps", "4", "--resume")
+    fsdp = json.loads((out / SUMMARY_FILE).read_text())
+    assert fsdp["world_size"] == n and fsdp["global_step"] == 4
+    plain = run(colour_meta, tmp_path / "plain", max_steps=4, save_steps=2,
+                per_device_train_batch_size=8, use_cpu=device == "cpu")
+    assert [e["loss"] for e in fsdp["log_history"] if "loss" in e] == pytest.approx(
+        losses(plain), abs=1e-5)
+    assert fsdp["train_loss"] == pytest.approx(plain.train_loss, abs=1e-5)
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architectures"] == ["InternVLChatModel"]
+    consolidated = tilevl.load_model(out / "model").state_dict()
+    reference = tilevl.load_model(plain.model_dir).state_dict()
+    assert consolidated.keys() == reference.keys()
+    for name, value in reference.items():  # Adam after 4 steps turns 1e-6 into ~1e-5
+        torch.testing.assert_close(consolidated[name], value, atol=1e-4, rtol=0)

@@ -147,6 +147,34 @@ class SFTTrainer(Trainer):
         self.loss_before: float | None = 0.0
         self.add_callback(_RunningLoss(self))
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        state = self.accelerator.state
+        if getattr(state, "fsdp_plugin", None) is None and _fsdp_requested():
+            # accelerate builds the FSDP plugin from the launcher's settings but, on CPU, files
+            # the run as MULTI_CPU data parallel and drops it (AcceleratorState sets FSDP up
+            # only for GPU-like devices). torch's FSDP2 shards on CPU over gloo, and
+            # accelerate's FSDP2 preparation is device-agnostic: hand the plugin back.
+            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+            plugin = FullyShardedDataParallelPlugin()
+            if plugin.fsdp_version != 2:
+                raise ConfigError("FSDP on CPU needs fsdp_version: 2 in the accelerate config "
+                                  "(FSDP1 ties each rank to a CUDA device)")
+            state.distributed_type = DistributedType.FSDP
+            state.fsdp_plugin = plugin
+            self.is_fsdp_enabled = True
+        plugin = getattr(state, "fsdp_plugin", None)
+        if plugin is not None and plugin.transformer_cls_names_to_wrap:
+            # One config lists the layer classes of every LLM family; accelerate refuses a
+            # class the model lacks, so keep those this model has.
+            present = {type(m).__name__ for m in self.model.modules()}
+            kept = [c for c in plugin.transformer_cls_names_to_wrap if c in present]
+            if not kept:
+                raise ConfigError(f"fsdp_transformer_layer_cls_to_wrap: none of "
+                                  f"{plugin.transformer_cls_names_to_wrap} is in the model")
+            plugin.transformer_cls_names_to_wrap = kept
+
     def get_train_dataloader(self) -> DataLoader:
         args = self.args
         self.train_batch_sampler = make_batch_sampler(self.train_config, self.lengths,
@@ -437,21 +465,18 @@ def _check_optional(config: TrainConfig) -> None:
         require("tensorboard", extra="train", purpose="by report_to: tensorboard")
 
 
-_PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours → accelerate's names
+def _fsdp_requested(fsdp_option=None, environ: dict | None = None) -> bool:
+    """FSDP asked for by `--fsdp` or by an accelerate config (ACCELERATE_USE_FSDP)."""
+    env = os.environ if environ is None else environ
+    return bool(fsdp_option) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
 
 
 def check_launch(config: TrainConfig, environ: dict | None = None) -> None:
     """Refuse launches that would silently train differently from what was asked.
 
-    - FSDP on CPU. accelerate (1.16) turns a multi-process CPU run into MULTI_CPU data
-      parallel and never sets FSDP up there (`AcceleratorState` enables FSDP only for
-      GPU-like device types), while FSDP1's plugin raises "sync_module_states=True is not
-      supported on cpu" and FSDP2's is dropped: the run would be plain DDP with every rank
-      holding the whole model, checkpoints included. torch's own FSDP works with gloo, but
-      Trainer only reaches it through accelerate, so we refuse rather than pretend.
-    - `mixed_precision` in an accelerate config (ACCELERATE_MIXED_PRECISION) that differs from
-      the training config's `precision`: transformers takes accelerate's, so `precision:
-      fp32` would train in bf16 without a word.
+    `mixed_precision` in an accelerate config (ACCELERATE_MIXED_PRECISION) of bf16/fp16 with
+    the training config's `precision: fp32`: transformers takes accelerate's, so the run
+    would train in bf16 without a word (bf16/fp16 in our config win over accelerate's "no").
 
     Args:
         config: the run's config.
@@ -460,20 +485,12 @@ def check_launch(config: TrainConfig, environ: dict | None = None) -> None:
         ConfigError: naming the setting and what to do instead.
     """
     env = os.environ if environ is None else environ
-    fsdp = bool(config.fsdp) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-    on_cpu = (config.use_cpu or env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-              or not torch.cuda.is_available())
-    if fsdp and on_cpu:
-        where = f"fsdp: {config.fsdp!r}" if config.fsdp else "the accelerate config's FSDP"
-        raise ConfigError(
-            f"{where}: FSDP does not run on CPU through transformers' Trainer (accelerate sets "
-            "FSDP up only on GPUs; on CPU it would silently train plain data parallel with a "
-            "full model copy per process). On CPU launch plain data parallel instead: "
-            "`torchrun --nproc_per_node N -m tilevl.train.sft CONFIG.yaml` or `accelerate "
-            "launch --num_processes N -m tilevl.train.sft CONFIG.yaml` without the FSDP config; "
-            "use configs/accelerate/fsdp.yaml on GPUs")
+    on_cpu = config.use_cpu or not torch.cuda.is_available()
+    if config.fsdp and on_cpu:
+        raise ConfigError(f"fsdp: {config.fsdp!r}: on CPU, FSDP runs through accelerate's config "
+                          "instead: accelerate launch --config_file configs/accelerate/fsdp.yaml "
+                          "--num_processes N -m tilevl.train.sft CONFIG.yaml")
     launched = env.get("ACCELERATE_MIXED_PRECISION", "no")
-    # bf16/fp16 in the config win over accelerate's; only fp32 is overridden.
     if config.precision == "fp32" and launched in ("bf16", "fp16"):
         raise ConfigError(
             f"precision: fp32 in the training config, but the accelerate config says "
@@ -648,7 +665,10 @@ def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: Tra
     if trainer.is_fsdp_enabled and not is_peft_model(model):
         # Sharded parameters: gather the full state dict (every rank takes part, rank 0
         # receives it) and save it from an ordinary model, in the official layout.
-        state = trainer.accelerator.get_state_dict(trainer.model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(trainer.model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
         if trainer.args.should_save:
             model = _consolidated(model, state)
     out = Path(config.output_dir)
