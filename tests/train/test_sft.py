@@ -351,7 +351,7 @@ def test_ctrl_c_prints_the_command_that_resumes(colour_meta, tmp_path, monkeypat
 
 
 def test_launches_that_would_train_otherwise_are_refused():
-    from tilevl.train.sft import check_launch
+    from tilevl.train.launch import check_launch
 
     cpu = load_train_config(CONFIG, meta_path="m.json", output_dir="o")  # use_cpu: true
     with pytest.raises(ConfigError, match="fsdp: 'full_shard auto_wrap': on CPU.*fsdp.yaml"):
@@ -365,16 +365,16 @@ def test_launches_that_would_train_otherwise_are_refused():
 
 def test_consolidated_fsdp_state_is_an_ordinary_model():
     from tilevl.model.vlm import build_model
-    from tilevl.train.sft import _consolidated
+    from tilevl.train.launch import consolidate
 
     model = build_model("tiny", seed=3)
     model.img_context_token_id = 7
-    copy = _consolidated(model, model.state_dict())
+    copy = consolidate(model, model.state_dict())
     assert copy is not model and copy.img_context_token_id == 7
     for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items()):
         assert torch.equal(a, b), name
     with pytest.raises(Exception, match="FSDP consolidation: keys missing"):
-        _consolidated(model, {k: v for k, v in model.state_dict().items() if "mlp1" not in k})
+        consolidate(model, {k: v for k, v in model.state_dict().items() if "mlp1" not in k})
 
 
 @pytest.mark.parametrize("device", [

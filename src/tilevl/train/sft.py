@@ -22,16 +22,17 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 
-from tilevl.errors import CheckpointError, ConfigError
-from tilevl.optional import require
+from tilevl.errors import ConfigError
 from tilevl.train.args import TrainConfig, load_train_config
+from tilevl.train.checkpoints import (  # noqa: F401  (re-exported: the checkpoint format)
+    COMPLETE_MARKER, EXTRA_WEIGHTS, MODEL_WEIGHTS, find_resume_checkpoint, load_weights,
+    read_loss_sum, save_weights)
+from tilevl.train.launch import (check_launch, check_optional, consolidate, default_backend,
+                                 gather_full_state, setup_fsdp)
 from tilevl.train.lora import apply_lora, base_model, count_parameters, is_peft_model, \
     trainable_base_names
 
-COMPLETE_MARKER = "tilevl_checkpoint.json"  # written last, inside the staging folder
 STAGING_PREFIX = ".staging-"
-MODEL_WEIGHTS = "model.safetensors"
-EXTRA_WEIGHTS = "trainable_base.safetensors"  # non-LoRA trainable weights of a LoRA run
 SUMMARY_FILE = "train_summary.json"
 BAD_RECORDS_FILE = "bad_records.jsonl"  # every skipped record: {reason, place, detail}
 
@@ -149,31 +150,7 @@ class SFTTrainer(Trainer):
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
-        state = self.accelerator.state
-        if getattr(state, "fsdp_plugin", None) is None and _fsdp_requested():
-            # accelerate builds the FSDP plugin from the launcher's settings but, on CPU, files
-            # the run as MULTI_CPU data parallel and drops it (AcceleratorState sets FSDP up
-            # only for GPU-like devices). torch's FSDP2 shards on CPU over gloo, and
-            # accelerate's FSDP2 preparation is device-agnostic: hand the plugin back.
-            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-            plugin = FullyShardedDataParallelPlugin()
-            if plugin.fsdp_version != 2:
-                raise ConfigError("FSDP on CPU needs fsdp_version: 2 in the accelerate config "
-                                  "(FSDP1 ties each rank to a CUDA device)")
-            state.distributed_type = DistributedType.FSDP
-            state.fsdp_plugin = plugin
-            self.is_fsdp_enabled = True
-        plugin = getattr(state, "fsdp_plugin", None)
-        if plugin is not None and plugin.transformer_cls_names_to_wrap:
-            # One config lists the layer classes of every LLM family; accelerate refuses a
-            # class the model lacks, so keep those this model has.
-            present = {type(m).__name__ for m in self.model.modules()}
-            kept = [c for c in plugin.transformer_cls_names_to_wrap if c in present]
-            if not kept:
-                raise ConfigError(f"fsdp_transformer_layer_cls_to_wrap: none of "
-                                  f"{plugin.transformer_cls_names_to_wrap} is in the model")
-            plugin.transformer_cls_names_to_wrap = kept
+        self.is_fsdp_enabled = setup_fsdp(self.accelerator, self.model)
 
     def get_train_dataloader(self) -> DataLoader:
         args = self.args
@@ -304,67 +281,6 @@ class SFTTrainer(Trainer):
         load_weights(model if model is not None else self.model, Path(resume_from_checkpoint))
 
 
-def save_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
-    """A training checkpoint's weights: the full state dict, or the adapter + extra weights."""
-    from safetensors.torch import save_file
-
-    if is_peft_model(model):
-        model.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
-        extra = {n: state[n].contiguous() for n in trainable_base_names(model) if n in state}
-        if extra:
-            save_file(extra, str(folder / EXTRA_WEIGHTS), metadata={"format": "pt"})
-        return
-    seen: set[tuple[int, int]] = set()
-    unique = {}
-    for key, tensor in state.items():  # a tied head shares the embedding's storage
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if tensor.device.type != "meta" and ident in seen:
-            continue
-        seen.add(ident)
-        unique[key] = tensor.contiguous()
-    save_file(unique, str(folder / MODEL_WEIGHTS), metadata={"format": "pt"})
-
-
-def load_weights(model: torch.nn.Module, folder: Path) -> None:
-    """Load what `save_weights` wrote into `model` (a PeftModel or a VisionLanguageModel)."""
-    from safetensors.torch import load_file
-
-    if is_peft_model(model):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
-        files = [folder / EXTRA_WEIGHTS] if (folder / EXTRA_WEIGHTS).exists() else []
-    else:
-        files = [folder / MODEL_WEIGHTS]
-    for file in files:
-        if not file.exists():
-            raise CheckpointError(f"{folder}: no {file.name}; not a tilevl training checkpoint")
-        result = model.load_state_dict(load_file(str(file)), strict=False)
-        if result.unexpected_keys:
-            raise CheckpointError(f"{file}: keys the model lacks: {result.unexpected_keys[:5]}")
-
-
-def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete `checkpoint-N` in `output_dir` (staging folders are ignored).
-
-    A `checkpoint-N` without our completion marker (copied in, or written by another
-    tool) is skipped with a message rather than trusted.
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = []
-    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        step = path.name.rsplit("-", 1)[-1]
-        if not (path.is_dir() and step.isdigit()):
-            continue
-        if (path / COMPLETE_MARKER).exists():
-            found.append((int(step), path))
-        else:
-            print(f"[tilevl train] skipping {path}: incomplete (no {COMPLETE_MARKER})", file=sys.stderr)
-    return max(found)[1] if found else None
-
-
 class _RunningLoss(TrainerCallback):
     """Start this call's loss sum where the resumed run left it, so the mean covers the run."""
 
@@ -374,13 +290,6 @@ class _RunningLoss(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.trainer.loss_before is not None:
             self.trainer._total_loss_scalar = self.trainer.loss_before
-
-
-def read_loss_sum(checkpoint: Path) -> float | None:
-    """The loss sum a checkpoint's completion marker recorded (None: not recorded)."""
-    marker = json.loads((checkpoint / COMPLETE_MARKER).read_text("utf-8"))
-    value = marker.get("loss_sum")
-    return float(value) if value is not None else None
 
 
 # ---- progress -------------------------------------------------------------------------------------
@@ -455,55 +364,6 @@ class TrainResult:
         return losses[-1] if losses else None
 
 
-def _check_optional(config: TrainConfig) -> None:
-    if config.deepspeed:
-        require("deepspeed", extra="deepspeed", purpose=f"by deepspeed: {config.deepspeed}")
-        if not Path(config.deepspeed).is_file():
-            raise ConfigError(f"deepspeed: no such file {config.deepspeed}")
-    if "tensorboard" in config.report_to and not any(
-            _importable(m) for m in ("tensorboard", "tensorboardX")):
-        require("tensorboard", extra="train", purpose="by report_to: tensorboard")
-
-
-def _fsdp_requested(fsdp_option=None, environ: dict | None = None) -> bool:
-    """FSDP asked for by `--fsdp` or by an accelerate config (ACCELERATE_USE_FSDP)."""
-    env = os.environ if environ is None else environ
-    return bool(fsdp_option) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-
-
-def check_launch(config: TrainConfig, environ: dict | None = None) -> None:
-    """Refuse launches that would silently train differently from what was asked.
-
-    `mixed_precision` in an accelerate config (ACCELERATE_MIXED_PRECISION) of bf16/fp16 with
-    the training config's `precision: fp32`: transformers takes accelerate's, so the run
-    would train in bf16 without a word (bf16/fp16 in our config win over accelerate's "no").
-
-    Args:
-        config: the run's config.
-        environ: the environment to read (default os.environ; for tests).
-    Raises:
-        ConfigError: naming the setting and what to do instead.
-    """
-    env = os.environ if environ is None else environ
-    on_cpu = config.use_cpu or not torch.cuda.is_available()
-    if config.fsdp and on_cpu:
-        raise ConfigError(f"fsdp: {config.fsdp!r}: on CPU, FSDP runs through accelerate's config "
-                          "instead: accelerate launch --config_file configs/accelerate/fsdp.yaml "
-                          "--num_processes N -m tilevl.train.sft CONFIG.yaml")
-    launched = env.get("ACCELERATE_MIXED_PRECISION", "no")
-    if config.precision == "fp32" and launched in ("bf16", "fp16"):
-        raise ConfigError(
-            f"precision: fp32 in the training config, but the accelerate config says "
-            f"mixed_precision: {launched}, which transformers would train in; make them agree "
-            f"(precision: {launched}, or mixed_precision: 'no' in the accelerate config)")
-
-
-def _importable(module: str) -> bool:
-    from tilevl.optional import is_available
-
-    return is_available(module)
-
-
 def prepare_model(config: TrainConfig):
     """Load (or build) the model and tokenizer and set what the config changes on the model.
 
@@ -549,15 +409,9 @@ def build_training_args(config: TrainConfig) -> TrainingArguments:
         dataloader_num_workers=config.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available() and not config.use_cpu,  # CPU: nothing to pin
         deepspeed=config.deepspeed, fsdp=config.fsdp, fsdp_config=config.fsdp_config,
-        ddp_backend=config.ddp_backend or _default_backend(config),
+        ddp_backend=config.ddp_backend or default_backend(config),
         use_cpu=config.use_cpu, save_only_model=False,
     )
-
-
-def _default_backend(config: TrainConfig) -> str | None:
-    """gloo for a multi-process CPU run (accelerate would otherwise look for oneCCL)."""
-    on_gpu = torch.cuda.is_available() and not config.use_cpu
-    return "gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not on_gpu else None
 
 
 def _collator(config: TrainConfig, pad_id: int, packed: bool):
@@ -588,7 +442,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     from tilevl.inputs.template import get_template
 
     config.require_paths()
-    _check_optional(config)
+    check_optional(config)
     check_launch(config)
     out = Path(config.output_dir)
     if (not config.resume and not config.overwrite_output_dir
@@ -665,12 +519,9 @@ def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: Tra
     if trainer.is_fsdp_enabled and not is_peft_model(model):
         # Sharded parameters: gather the full state dict (every rank takes part, rank 0
         # receives it) and save it from an ordinary model, in the official layout.
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        state = get_model_state_dict(trainer.model, options=StateDictOptions(
-            full_state_dict=True, cpu_offload=True))
+        state = gather_full_state(trainer.model)
         if trainer.args.should_save:
-            model = _consolidated(model, state)
+            model = consolidate(model, state)
     out = Path(config.output_dir)
     if trainer.args.should_save:
         model.eval()
@@ -704,21 +555,6 @@ def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: Tra
         result.adapter_dir = out / "adapter" if is_peft_model(model) else None
         result.model_dir = out / "model" if not is_peft_model(model) or config.save_merged else None
     trainer.accelerator.wait_for_everyone()
-
-
-def _consolidated(sharded: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """A plain VisionLanguageModel on CPU holding the gathered full `state` of an FSDP model."""
-    from tilevl.model.vlm import build_model
-
-    model = build_model(sharded.config, device="cpu", dtype=next(iter(state.values())).dtype,
-                        seed=None)
-    result = model.load_state_dict({k: v.detach().to("cpu") for k, v in state.items()},
-                                   strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"FSDP consolidation: keys missing {result.missing_keys[:5]}, "
-                              f"unexpected {result.unexpected_keys[:5]}")
-    model.img_context_token_id = sharded.img_context_token_id
-    return model
 
 
 def main(argv: list[str] | None = None) -> int:
