@@ -109,3 +109,36 @@ def test_minibench_generate_then_eval_on_it(tmp_path, capsys, checkpoint):
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert "accuracy" in json.dumps(results) and "circular" in json.dumps(results).lower()
 
+
+
+def test_a_misspelt_model_is_an_error_with_did_you_mean(capsys, tmp_path, checkpoint):
+    from tilevl.resolve import looks_like_model
+
+    # Used to answer "hi" with the default model and exit 0.
+    assert main(["chat", "tilevl-tinyy", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tilevl chat: error:") and "did you mean 'tilevl-tiny'" in err
+    assert "tilevl chat tilevl-tiny 'tilevl-tinyy' hi" in err  # how to ask it as a question
+    assert main(["chat", "internvl2-8bb", "hi"]) == 2
+    assert "did you mean 'internvl2-8b'" in capsys.readouterr().err
+    (tmp_path / "my-run").mkdir()
+    assert main(["chat", str(tmp_path / "my-rnu"), "hi"]) == 2
+    assert f"did you mean {str(tmp_path / 'my-run')!r}" in capsys.readouterr().err
+    # Prompts stay prompts; names, paths and near-names are models.
+    assert not any(map(looks_like_model, ["hi", "What is this?", "describe", "Hello"]))
+    assert all(map(looks_like_model, ["tilevl-tinyy", "./run", "runs/x", "tiyn", "InternVL3"]))
+
+
+def test_repl_checks_images_at_once_and_refuses_unknown_commands(monkeypatch, capsys, checkpoint,
+                                                                tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    lines = iter([f"/image {tmp_path / 'gone.png'}", f"/image {tmp_path / 'notes.txt'}", "/image",
+                  "/imag x.png", "/help me", "//etc is a folder?", "/quit"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(lines))
+    assert main(["chat", str(checkpoint), "--max-new-tokens", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("assistant> ") == 1 and "image queued" not in captured.out
+    err = captured.err
+    assert f"no such file {tmp_path / 'gone.png'}" in err and "notes.txt" in err
+    assert "/image needs a PATH" in err
+    assert "unknown command /imag;" in err and "unknown command /help;" in err

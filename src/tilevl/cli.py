@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from tilevl.errors import TilevlError
+from tilevl.errors import ConfigError, TilevlError
 
 
 # ---- subcommands ------------------------------------------------------------------------------
@@ -120,10 +120,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     """One-shot answer when PROMPT is given, else an interactive multi-turn REPL."""
     from tilevl.assets import DEFAULT_MODEL
     from tilevl.chat.session import ChatSession
-    from tilevl.resolve import is_model_spec, open_model
+    from tilevl.resolve import is_model_spec, looks_like_model, open_model, unknown_model_message
 
-    looks_like_path = args.model is not None and ("/" in args.model or args.model.startswith("."))
-    if args.model is not None and not looks_like_path and not is_model_spec(args.model):
+    if args.model is not None and not is_model_spec(args.model):
+        if looks_like_model(args.model):
+            # A misspelt name must not become the prompt of the default model.
+            hint = ("" if any(c in args.model for c in "/\\") else
+                    f". To ask it as a question, name the model first: tilevl chat "
+                    f"{DEFAULT_MODEL} {' '.join([repr(args.model), *args.prompt])}")
+            raise ConfigError(unknown_model_message(args.model) + hint)
         # `tilevl chat "What is this?"`: no model named, the words are the prompt.
         args.prompt, args.model = [args.model, *args.prompt], None
     model, tokenizer = open_model(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device)
@@ -145,7 +150,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.prompt:
         _stream_turn(session, prefix + " ".join(args.prompt), images)
         return 0
-    print("tilevl chat: type a message; /image PATH adds an image, /reset starts over, /quit ends.")
+    print(f"tilevl chat: type a message; {_COMMANDS_HELP}.")
     pending = images
     while True:
         try:
@@ -155,22 +160,47 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if not line:
             continue
-        if line in ("/quit", "/exit"):
-            return 0
-        if line == "/reset":
-            session.reset()
-            pending, prefix = [], ""
-            print("(conversation cleared)")
-            continue
-        if line.startswith("/image "):
-            pending.append(line[len("/image "):].strip())
-            print(f"(image queued for your next message: {pending[-1]})")
+        if line.startswith("//"):
+            line = line[1:]  # a message that starts with "/"
+        elif line.startswith("/"):
+            command, _, rest = line.partition(" ")
+            if command in ("/quit", "/exit"):
+                return 0
+            if command == "/reset":
+                session.reset()
+                pending, prefix = [], ""
+                print("(conversation cleared)")
+            elif command == "/image":
+                try:
+                    pending.append(_check_image(rest.strip()))
+                    print(f"(image queued for your next message: {pending[-1]})")
+                except TilevlError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+            else:
+                print(f"error: unknown command {command}; {_COMMANDS_HELP}", file=sys.stderr)
             continue
         try:
             _stream_turn(session, prefix + line, pending)
         except TilevlError as exc:
             print(f"error: {exc}", file=sys.stderr)
         pending, prefix = [], ""
+
+
+_COMMANDS_HELP = ("/image PATH adds an image, /reset starts over, /quit ends "
+                  "(// sends a message that starts with /)")
+
+
+def _check_image(path: str) -> str:
+    """`/image PATH`: the file must exist and decode now, not when the next message is sent."""
+    from tilevl.errors import InputError
+    from tilevl.inputs.image import load_image
+
+    if not path:
+        raise InputError("/image needs a PATH: /image photo.jpg")
+    if not Path(path).is_file():
+        raise InputError(f"/image: no such file {path}")
+    load_image(path)  # raises InputError naming the file when it is not an image
+    return path
 
 
 def _stream_turn(session, question: str, images) -> str:

@@ -7,6 +7,8 @@ and benchmarks (we say so).
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +36,56 @@ def is_model_spec(spec: str) -> bool:
     from tilevl.presets import preset_names
 
     return Path(spec).is_dir() or asset_path(spec) is not None or spec.lower() in preset_names()
+
+
+# Names start like this more often than prompts do: "internvl2-8b", "tilevl-tinyy" ...
+_MODEL_PREFIXES = ("internvl", "mini-internvl", "tilevl")
+
+
+def known_model_names() -> list[str]:
+    """The names MODEL may be besides a folder: shipped models, then presets."""
+    from tilevl.assets import EMBEDDED_MODELS
+    from tilevl.presets import preset_names
+
+    return list(dict.fromkeys([*EMBEDDED_MODELS, *preset_names()]))
+
+
+def looks_like_model(word: str) -> bool:
+    """True when a word the user typed where MODEL may stand reads as a model, not a prompt.
+
+    One word (no spaces) that holds a path separator, '-' or '_', starts with '.', '~' or a
+    known family prefix, or is close to a known name ("tiyn"). `tilevl chat hi` is a prompt;
+    `tilevl chat tilevl-tinyy hi` names a model that does not exist.
+    """
+    if not word or any(c.isspace() for c in word):
+        return False
+    lower = word.lower()
+    return (any(c in word for c in "/\\-_") or word.startswith((".", "~"))
+            or lower.startswith(_MODEL_PREFIXES)
+            or bool(difflib.get_close_matches(lower, known_model_names(), n=1, cutoff=0.75)))
+
+
+def suggest_models(spec: str, n: int = 3) -> list[str]:
+    """Known names and existing folders that `spec` may be a misspelling of (difflib)."""
+    candidates = known_model_names()
+    path = Path(os.path.expanduser(spec))
+    parent = path.parent if str(path.parent) not in ("", ".") or os.sep in spec else Path(".")
+    try:
+        folders = sorted(p for p in parent.iterdir() if p.is_dir())[:500]
+    except OSError:
+        folders = []
+    # compare like with like: "runs/tny" with "runs/tiny", a bare name with a bare name
+    candidates += [str(f) if parent != Path(".") else f.name for f in folders]
+    return difflib.get_close_matches(spec if os.sep in spec else spec.lower(), candidates, n=n,
+                                     cutoff=0.6)
+
+
+def unknown_model_message(spec: str) -> str:
+    """"MODEL 'x' is neither …; did you mean …?" for a MODEL that names nothing."""
+    close = suggest_models(spec)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"MODEL {spec!r} is neither a checkpoint folder nor a preset or shipped model"
+            f"{hint} (known names: {', '.join(known_model_names())})")
 
 
 def open_model(spec: str, *, dtype: str | None = None, device: str = "cpu", quiet: bool = False):
@@ -68,8 +120,7 @@ def open_model(spec: str, *, dtype: str | None = None, device: str = "cpu", quie
         model = build_model(spec, device=device, dtype=torch_dtype)
         tokenizer = build_bpe_tokenizer(vocab_size=min(model.config.llm["vocab_size"], 1024))
     else:
-        raise ConfigError(f"MODEL {spec!r} is neither a checkpoint folder nor a preset "
-                          f"({', '.join(preset_names())})")
+        raise ConfigError(unknown_model_message(spec))
     if torch_dtype is None and model.dtype == torch.float16 and str(device).startswith("cpu"):
         model.float()  # fp16 weights (how small models ship) compute slowly on CPUs
     if model.img_context_token_id is None:

@@ -1,6 +1,7 @@
 """Tests of SFTDataset: every record kind, upstream's placeholder and tile rules, truncation.
 
-Bad records of every kind must be skipped, counted with file:line, replaced deterministically.
+Bad records of every kind must be left out and counted with file:line; an epoch is exactly
+the valid records × repeat_time.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def media(tmp_path):
 
 def make(tmp_path, records, tokenizer, config, **kwargs):
     return SFTDataset(write_jsonl(tmp_path / "ann.jsonl", records), tokenizer, config, **kwargs)
+
+
+def answer(tokenizer, sample):
+    """The supervised reply without its end-of-turn token."""
+    return reply_text(tokenizer, sample).removesuffix("<|im_end|>")
 
 
 def reply_text(tokenizer, sample):
@@ -160,14 +166,12 @@ def test_every_bad_record_is_counted_with_file_and_line(tmp_path, media, tokeniz
     ]
     path = write_jsonl(tmp_path / "ann.jsonl", records)
     ds = SFTDataset(path, tokenizer, config)
-    assert len(ds) == 10  # every non-blank line is an item
-    served = [ds[i]["index"] for i in range(len(ds))]
-    # Bad items are served by the next good one, wrapping around to the first.
-    assert served == [0, 9, 9, 9, 9, 9, 9, 9, 9, 9]
+    assert len(ds) == 2 and ds.valid_records == 2  # the bad ones are left out, not replaced
+    assert [answer(tokenizer, ds[i]) for i in range(len(ds))] == ["A red box.", "fine"]
     assert ds.bad_records == {"bad_json": 1, "empty_conversations": 1, "bad_field": 1,
                               "bad_turn_order": 1, "image_count_mismatch": 2,
                               "missing_image": 1, "bad_image": 1}
-    assert ds.stats.replacements == 8
+    assert ds.stats.replacements == 0
     report = ds.report()
     for line, reason in [(2, "bad_json"), (3, "missing_image"), (4, "bad_image"),
                          (5, "bad_turn_order"), (6, "image_count_mismatch"),
@@ -191,17 +195,65 @@ def test_scan_finds_the_same_records_and_gives_served_lengths(tmp_path, media, t
     ds = make(tmp_path, records, tokenizer, config)
     lengths = ds.scan()
     assert ds.bad_records == {"bad_json": 1, "missing_image": 1}
+    assert len(lengths) == len(ds) == 2
     assert lengths == [len(ds[i]["input_ids"]) for i in range(len(ds))]
-    assert lengths[1] == lengths[2] and lengths[3] == lengths[0]  # replacements' lengths
-    assert ds.lengths == lengths and ds.stats.replacements == 2
+    assert ds.lengths == lengths and ds.stats.replacements == 0
+    assert ds.scan() == lengths  # once
+
+
+def test_an_epoch_is_exactly_valid_records_times_repeat(tmp_path, tokenizer, config):
+    # 10 records of which 3 bad, repeat_time 2.5: 7 valid → 17 samples, each valid record
+    # 2 or 3 times, never a bad record's slot filled by a good one.
+    records = [{"conversations": turns(f"q{i}", f"a{i}")} for i in range(10)]
+    for i in (2, 5, 6):
+        records[i] = "not json"
+    write_jsonl(tmp_path / "t.jsonl", records)
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"t": {"root": "", "annotation": "t.jsonl", "repeat_time": 2.5}}))
+    ds = SFTDataset(meta, tokenizer, config, seed=1)
+    assert len(ds) == int(7 * 2.5) == 17
+    seen = [answer(tokenizer, ds[i]) for i in range(len(ds))]
+    counts = {a: seen.count(a) for a in set(seen)}
+    assert set(counts) == {f"a{i}" for i in (0, 1, 3, 4, 7, 8, 9)}
+    assert sorted(counts.values()) == [2, 2, 2, 2, 3, 3, 3]
+    assert ds.summary() == {"valid": 7, "bad": {"bad_json": 3}, "samples_per_epoch": 17}
+
+
+def test_paths_leaving_the_root_are_refused_unless_allowed(tmp_path, media, tokenizer, config):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (56, 56), (1, 2, 3)).save(data / "in.png")
+    records = [{"image": "in.png", "conversations": turns()},
+               {"image": "../small.jpg", "conversations": turns()},            # 2: ../
+               {"image": str(media / "small.jpg"), "conversations": turns()},  # 3: absolute
+               {"image": str(data / "in.png"), "conversations": turns()},      # absolute, inside
+               {"image": "./in.png", "conversations": turns()}]
+    ann = write_jsonl(data / "ann.jsonl", records)
+    ds = SFTDataset(ann, tokenizer, config)
+    assert len(ds) == 3 and ds.bad_records == {"outside_root": 2}
+    assert f"{ann}:2: '../small.jpg' leaves the data root {data}" in ds.report()
+    assert f"{ann}:3:" in ds.report()
+    allowed = SFTDataset(ann, tokenizer, config, allow_outside_root=True)
+    assert len(allowed) == 5 and allowed.bad_records == {}
+
+
+def test_every_bad_place_is_written_not_only_the_first_five(tmp_path, tokenizer, config):
+    records = [{"conversations": turns()}] + ["{broken"] * 8
+    ds = make(tmp_path, records, tokenizer, config, max_examples=5)
+    ds.scan()
+    report = ds.report()
+    assert report.count("ann.jsonl:") == 5 and "… and 3 more" in report
+    rows = [json.loads(line) for line in
+            ds.write_bad_records(tmp_path / "out" / "bad.jsonl").read_text().splitlines()]
+    assert [r["place"] for r in rows] == [f"{tmp_path / 'ann.jsonl'}:{n}" for n in range(2, 10)]
+    assert {r["reason"] for r in rows} == {"bad_json"}
 
 
 def test_strict_mode_names_file_line_and_reason(tmp_path, media, tokenizer, config):
     records = [{"conversations": turns()}, {"image": "gone.png", "conversations": turns()}]
     ds = make(tmp_path, records, tokenizer, config, strict=True)
-    ds[0]
     with pytest.raises(BadRecordError) as info:
-        ds[1]
+        ds[0]  # every record is checked on first use
     assert str(info.value).startswith(f"{tmp_path / 'ann.jsonl'}:2: missing_image: no such file")
     assert info.value.reason == "missing_image"
     with pytest.raises(BadRecordError, match=r"ann.jsonl:2: missing_image"):
@@ -229,11 +281,11 @@ def test_sample_whose_images_exceed_the_limit_is_dropped_as_too_long(tmp_path, m
     img_end = tokenizer.convert_tokens_to_ids(IMG_END_TOKEN)
     last_image_end = int((ok[0]["input_ids"] == img_end).nonzero()[-1]) + 1
     ds = make(tmp_path, records, tokenizer, config, max_seq_length=last_image_end - 1)
-    assert ds[0]["index"] == 1 and ds.bad_records == {"too_long": 1}
-    assert "images end at token" in ds.report()
+    assert len(ds) == 1 and ds.bad_records == {"too_long": 1}
+    assert answer(tokenizer, ds[0]) == "ok" and "images end at token" in ds.report()
     # Exactly at the end of the images: no reply token left, also too long.
     ds = make(tmp_path, records, tokenizer, config, max_seq_length=last_image_end)
-    assert ds[0]["index"] == 1 and "no reply token" in ds.report()
+    assert len(ds) == 1 and "no reply token" in ds.report()
 
 
 def test_meta_file_source_with_fractional_repeat(tmp_path, tokenizer, config):

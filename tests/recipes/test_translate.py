@@ -157,10 +157,20 @@ def test_command_exit_status_and_file_line(server, data, tmp_path, capsys):
     args = parser.parse_args(["recipe", "translate", "--data", str(data), "--out",
                               str(tmp_path / "o.jsonl"), "--backend", f"openai:{server}",
                               "--model-name", "fake", "--no-progress"])
-    assert args.func(args) == 1
+    assert args.func(args) == 0  # 3 written, 2 failed: counted and listed, not a failed run
     captured = capsys.readouterr()
-    assert "3 records translated into Chinese" in captured.out
+    assert "3 records translated into Chinese" in captured.out and "2 failed" in captured.out
     assert f"{data}:2: b: conversations[1]: '<box>' 1 → 0" in captured.err
+    assert "2 record(s) not written" in captured.err
+
+
+def test_translate_exit_status():
+    from tilevl.recipes.commands import translate_exit_status
+
+    assert translate_exit_status({"written": 3, "failed": 2}) == 0
+    assert translate_exit_status({"written": 3, "failed": 2}, strict=True) == 1
+    assert translate_exit_status({"written": 0, "failed": 5}) == 1  # nothing got through
+    assert translate_exit_status({"written": 0, "failed": 0}) == 0  # all done already
 
 
 def test_local_tiny_model_translates_in_batches(tiny_model, tokenizer, data, tmp_path):

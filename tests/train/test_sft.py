@@ -149,10 +149,55 @@ def test_resume_continues_exactly(colour_meta, tmp_path, mode):
     assert second.global_step == 8
     assert abs(second.last_loss - whole.last_loss) <= 1e-5
     assert losses(second)[-4:] == pytest.approx(losses(whole)[-4:], abs=1e-5)
+    # The mean loss covers all 8 steps, not the 4 after the resume.
+    assert second.train_loss == pytest.approx(whole.train_loss, abs=1e-6)
+    summary = json.loads((tmp_path / "split" / SUMMARY_FILE).read_text())
+    assert summary["train_loss"] == pytest.approx(whole.train_loss, abs=1e-6)
     assert not list((tmp_path / "split").glob(".staging-*"))
     assert (tmp_path / "split" / "checkpoint-8" / COMPLETE_MARKER).exists()
     if mode == "lora":
         assert (tmp_path / "split" / "checkpoint-4" / "trainable_base.safetensors").exists()
+
+
+def test_resumed_mean_loss_counts_steps_not_logged_at_the_checkpoint(colour_meta, tmp_path):
+    # logging every 3 steps, a checkpoint at step 4: step 4's loss is not logged yet when it
+    # is saved, and must still count in the resumed run's mean.
+    common = dict(max_steps=7, save_steps=4, logging_steps=3, per_device_train_batch_size=4)
+    whole = run(colour_meta, tmp_path / "whole", **common)
+    run(colour_meta, tmp_path / "split", callbacks=[StopAt(4)], **common)
+    second = run(colour_meta, tmp_path / "split", resume=True, **common)
+    assert second.global_step == 7
+    assert second.train_loss == pytest.approx(whole.train_loss, abs=1e-6)
+    assert second.log_history[-1]["train_loss"] == pytest.approx(whole.train_loss, abs=1e-6)
+
+
+class SeenAtStart(TrainerCallback):
+    """What stderr held when training began."""
+
+    def __init__(self, capsys) -> None:
+        self.capsys, self.err = capsys, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.err = self.capsys.readouterr().err
+
+
+def test_bad_records_are_reported_before_training_and_summarised(tmp_path, capsys):
+    bad = [json.dumps({"image": "images/missing.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]})] * 7
+    bad += ["{not json", json.dumps({"image": "../outside.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "x"}]})]
+    meta = write_colour_set(tmp_path / "data", extra_lines=bad)
+    seen = SeenAtStart(capsys)
+    result = run(meta, tmp_path / "out", max_steps=1, callbacks=[seen])
+    assert "missing_image: 7" in seen.err and "bad_json: 1" in seen.err
+    assert "outside_root: 1" in seen.err and "… and 2 more" in seen.err
+    summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert summary["records"] == {"valid": 8, "bad": {"outside_root": 1, "missing_image": 7,
+                                                       "bad_json": 1},
+                                  "samples_per_epoch": 8, "report": "bad_records.jsonl"}
+    assert result.records == summary["records"]
+    rows = (tmp_path / "out" / "bad_records.jsonl").read_text().splitlines()
+    assert len(rows) == 9 and all(json.loads(r)["place"].startswith(str(tmp_path)) for r in rows)
 
 
 def test_two_processes_match_one(colour_meta, tmp_path):
@@ -197,7 +242,7 @@ def test_group_by_length_from_the_command_line(colour_meta, tmp_path, capsys):
                               "--per_device_train_batch_size", "3", "--max_steps", "2"])
     assert args.func(args) == 0
     err = capsys.readouterr().err
-    assert "trained 2 steps" in err and "SFTDataset: 8 item(s)" in err
+    assert "trained 2 steps" in err and "SFTDataset: 8 sample(s) per epoch" in err
 
 
 def test_incomplete_checkpoints_are_not_resumed(tmp_path):
@@ -284,3 +329,100 @@ def test_param_groups_sort_lora_and_frozen_parameters():
     # mlp falls back to learning_rate; the frozen bias is in no group.
     assert summary == [(0.1, 0.0, 1), (0.1, 0.5, 1), (1.0, 0.0, 1), (1.0, 0.5, 1), (1.0, 0.5, 1)]
     assert sum(len(g["params"]) for g in groups) == 5
+
+
+def test_ctrl_c_prints_the_command_that_resumes(colour_meta, tmp_path, monkeypatch, capsys):
+    from tilevl.cli import main
+
+    out = tmp_path / "out"
+    run(colour_meta, out, max_steps=2, save_steps=2)  # a complete checkpoint-2
+
+    def interrupted(config, callbacks=()):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tilevl.train.sft.train", interrupted)
+    argv = ["train", str(CONFIG), "--meta_path", str(colour_meta), "--output_dir", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"To continue from {out / 'checkpoint-2'}, run:" in err
+    assert f"tilevl train {CONFIG} --meta_path {colour_meta} --output_dir {out} --resume" in err
+    assert main([*argv[:-1], str(tmp_path / "fresh")]) == 130
+    assert "no checkpoint was complete yet (one is saved every 1000 steps)" in capsys.readouterr().err
+
+
+def test_launches_that_would_train_otherwise_are_refused():
+    from tilevl.train.launch import check_launch
+
+    cpu = load_train_config(CONFIG, meta_path="m.json", output_dir="o")  # use_cpu: true
+    with pytest.raises(ConfigError, match="fsdp: 'full_shard auto_wrap': on CPU.*fsdp.yaml"):
+        check_launch(load_train_config(CONFIG, fsdp="full_shard auto_wrap"), {})
+    check_launch(cpu, {"ACCELERATE_USE_FSDP": "true", "ACCELERATE_MIXED_PRECISION": "no"})
+    # accelerate's bf16 would silently replace the config's fp32
+    with pytest.raises(ConfigError, match="precision: fp32 .* mixed_precision: bf16"):
+        check_launch(cpu, {"ACCELERATE_MIXED_PRECISION": "bf16"})
+    check_launch(load_train_config(CONFIG, precision="bf16"), {"ACCELERATE_MIXED_PRECISION": "no"})
+
+
+def test_consolidated_fsdp_state_is_an_ordinary_model():
+    from tilevl.model.vlm import build_model
+    from tilevl.train.launch import consolidate
+
+    model = build_model("tiny", seed=3)
+    model.img_context_token_id = 7
+    copy = consolidate(model, model.state_dict())
+    assert copy is not model and copy.img_context_token_id == 7
+    for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(Exception, match="FSDP consolidation: keys missing"):
+        consolidate(model, {k: v for k, v in model.state_dict().items() if "mlp1" not in k})
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_fsdp_shards_matches_one_process_resumes_and_consolidates(colour_meta, tmp_path, device):
+    """configs/accelerate/fsdp.yaml on 2 processes (gloo on CPU; on GPUs, one per GPU up to 2):
+    the same losses as one plain process, a sharded checkpoint that resumes exactly, and
+    model/ consolidated in the official layout."""
+    import yaml
+
+    import tilevl
+
+    n = 2 if device == "cpu" else min(torch.cuda.device_count(), 2)
+    root = Path(__file__).resolve().parents[2]
+    launcher = yaml.safe_load((root / "configs" / "accelerate" / "fsdp.yaml").read_text())
+    launcher.update(num_processes=n, mixed_precision="no")  # fp32: comparable to 1e-5
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(launcher))
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "fsdp"
+    common = ["--meta_path", str(colour_meta), "--use_cpu", str(device == "cpu").lower(),
+              "--per_device_train_batch_size", str(8 // n), "--save_steps", "2",
+              "--output_dir", str(out)]
+
+    def launch(*extra):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(tmp_path / "fsdp.yaml"), "--num_processes", str(n), "-m", "tilevl.train.sft",
+               str(CONFIG), *common, *extra]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+        assert done.returncode == 0, done.stderr[-4000:]
+
+    launch("--max_steps", "2")  # stops after a checkpoint, as a pre-empted job would
+    shards = sorted(p.name for p in (out / "checkpoint-2").iterdir())
+    assert "pytorch_model_fsdp_0" in shards and "optimizer_0" in shards, shards
+    assert "model.safetensors" not in shards  # sharded, not a full copy per checkpoint
+    launch("--max_steps", "4", "--resume")
+    fsdp = json.loads((out / SUMMARY_FILE).read_text())
+    assert fsdp["world_size"] == n and fsdp["global_step"] == 4
+    plain = run(colour_meta, tmp_path / "plain", max_steps=4, save_steps=2,
+                per_device_train_batch_size=8, use_cpu=device == "cpu")
+    assert [e["loss"] for e in fsdp["log_history"] if "loss" in e] == pytest.approx(
+        losses(plain), abs=1e-5)
+    assert fsdp["train_loss"] == pytest.approx(plain.train_loss, abs=1e-5)
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["architectures"] == ["InternVLChatModel"]
+    consolidated = tilevl.load_model(out / "model").state_dict()
+    reference = tilevl.load_model(plain.model_dir).state_dict()
+    assert consolidated.keys() == reference.keys()
+    for name, value in reference.items():  # Adam after 4 steps turns 1e-6 into ~1e-5
+        torch.testing.assert_close(consolidated[name], value, atol=1e-4, rtol=0)

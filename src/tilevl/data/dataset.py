@@ -1,11 +1,11 @@
 """A lazy supervised fine-tuning dataset over InternVL's jsonl conversation records.
 
-Lines are found by byte offset and parsed on access; bad records are skipped, counted and replaced.
+Lines are found by byte offset; every record is checked once, bad ones are counted with their
+place and left out, so an epoch is exactly the valid records × repeat_time.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 from array import array
@@ -28,7 +28,7 @@ from tilevl.inputs.template import IGNORE_INDEX, IMAGE_PLACEHOLDER, Template, ge
 VIDEO_PLACEHOLDER = "<video>"
 # Why a record is skipped, in the order `report()` lists them.
 REASONS = ("bad_json", "empty_conversations", "bad_field", "bad_turn_order",
-           "image_count_mismatch", "missing_image", "bad_image", "too_long")
+           "image_count_mismatch", "outside_root", "missing_image", "bad_image", "too_long")
 _ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 _EXIF_ORIENTATION = 0x0112
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -54,7 +54,11 @@ class _Record:
 
 @dataclass
 class BadRecordStats:
-    """Skipped records per reason, with the first few places kept for the report."""
+    """Skipped records per reason, with every place ("file:line: detail") kept.
+
+    `max_examples` is how many places per reason `SFTDataset.report()` prints; all of them
+    go to the file `SFTDataset.write_bad_records` writes.
+    """
 
     max_examples: int = 5
     counts: Counter = field(default_factory=Counter)
@@ -63,9 +67,7 @@ class BadRecordStats:
 
     def add(self, error: BadRecordError) -> None:
         self.counts[error.reason] += 1
-        kept = self.examples.setdefault(error.reason, [])
-        if len(kept) < self.max_examples:
-            kept.append(f"{error.where}: {error.detail}")
+        self.examples.setdefault(error.reason, []).append(f"{error.where}: {error.detail}")
 
 
 class SFTDataset(Dataset):
@@ -83,11 +85,14 @@ class SFTDataset(Dataset):
     8–32 at random); a pure-text sample has no pixels (upstream feeds a dummy white tile with
     image_flags 0); `data_augment` (upstream's random JPEG re-encoding) is not applied.
 
-    A bad record (see `REASONS`) is skipped and its index served by the next good one
-    (wrapping around), so `len` stays the number of indexable lines and the choice is
-    deterministic; `report()` counts them with file:line. `strict=True` raises instead.
-    Counts made inside DataLoader workers stay there: call `scan()` first for a complete
-    report (it also gives the lengths for length-grouped or packed batching).
+    Every record is checked once (`scan()`, run on first use: JSON, fields, tags, image
+    headers, length) and a bad one (see `REASONS`) is left out of the epoch, so an epoch is
+    exactly `int(valid records × repeat_time)` per source; `report()` counts them with
+    file:line, `write_bad_records()` lists every place. `strict=True` raises instead. An
+    image path that leaves the source's root (absolute elsewhere, `../`) is "outside_root"
+    unless `allow_outside_root`. A file that breaks only when decoded (a truncated image
+    behind a good header) is found on access: that access is served by the next good item
+    and counted in `stats.replacements`.
 
     Args:
         sources: a meta JSON file, a jsonl file, a `DatasetSpec`, or a list of those.
@@ -101,7 +106,8 @@ class SFTDataset(Dataset):
         num_video_frames: frames sampled uniformly from each video.
         strict: raise `BadRecordError` on the first bad record.
         seed: seeds the fractional `repeat_time` subsampling.
-        max_examples: file:line places kept per reason.
+        max_examples: file:line places per reason that `report()` prints.
+        allow_outside_root: accept image/video paths outside the source's root.
     """
 
     def __init__(self, sources: Any, tokenizer, config: ModelConfig | None = None, *,
@@ -109,7 +115,7 @@ class SFTDataset(Dataset):
                  image_settings: ImageSettings | None = None,
                  num_image_token: int | None = None, max_seq_length: int = 4096,
                  num_video_frames: int = 8, strict: bool = False, seed: int = 0,
-                 max_examples: int = 5) -> None:
+                 max_examples: int = 5, allow_outside_root: bool = False) -> None:
         self.specs = _resolve_sources(sources)
         self.tokenizer = tokenizer
         if template is None and (config is None or config.template is None):
@@ -128,6 +134,8 @@ class SFTDataset(Dataset):
         self.max_seq_length = max_seq_length
         self.num_video_frames = num_video_frames
         self.strict = strict
+        self.allow_outside_root = allow_outside_root
+        self.seed = seed
         self.stats = BadRecordStats(max_examples)
         self._bad: set[tuple[int, int]] = set()  # (source, record) known to be bad
         self._lengths: list[int] | None = None
@@ -137,20 +145,23 @@ class SFTDataset(Dataset):
         # Per source: byte offset and 1-based line number of each non-blank line ([R] each).
         self._offsets: list[np.ndarray] = []
         self._lines: list[np.ndarray] = []
-        src_ids, rec_ids = [], []
-        for s, spec in enumerate(self.specs):
+        for spec in self.specs:
             offsets, lines = _index_lines(spec.annotation)
             self._offsets.append(offsets)
             self._lines.append(lines)
-            recs = repeat_indices(len(offsets), spec.repeat_time, seed=f"{seed}:{spec.name}")
-            rec_ids.append(np.asarray(recs, dtype=np.int64))
-            src_ids.append(np.full(len(recs), s, dtype=np.int32))
-        # The epoch's items: item i is record _rec[i] of source _src[i].
-        self._src = np.concatenate(src_ids) if src_ids else np.zeros(0, np.int32)
-        self._rec = np.concatenate(rec_ids) if rec_ids else np.zeros(0, np.int64)
+        self._scanned = False
+        self._valid_records = 0
+        # The epoch's items: item i is record _rec[i] of source _src[i]. Until `scan()` has
+        # found the bad records, every record of every source, once (what scan walks).
+        self._src = np.concatenate([np.full(len(o), s, dtype=np.int32)
+                                    for s, o in enumerate(self._offsets)] or [np.zeros(0, np.int32)])
+        self._rec = np.concatenate([np.arange(len(o), dtype=np.int64)
+                                    for o in self._offsets] or [np.zeros(0, np.int64)])
 
     # ---- the Dataset protocol -----------------------------------------------------------
     def __len__(self) -> int:
+        if not self._scanned:
+            self.scan()
         return len(self._src)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -161,7 +172,7 @@ class SFTDataset(Dataset):
              "pixel_values": float [N, 3, S, S] or None, "num_tiles": tiles per image,
              "index": the index actually served}.
         """
-        n = len(self)
+        n = len(self)  # scans first
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} items")
         index %= n
@@ -187,49 +198,60 @@ class SFTDataset(Dataset):
 
     # ---- validation and reporting ---------------------------------------------------------
     def scan(self, progress: bool = False) -> list[int]:
-        """Check every record without decoding pixels, and measure each item's length.
+        """Check every record once without decoding pixels; build the epoch from the good ones.
 
         Image files are opened for their size only (a truncated file is still found later,
-        on access). Bad records are counted as on access; `strict` raises on the first.
+        on access). Bad records are counted; `strict` raises on the first. Each source then
+        contributes `repeat_indices(valid, repeat_time)` of its valid records, so no record
+        is seen more often than its repeat_time says. Runs once; later calls return the
+        lengths.
 
         Args:
             progress: show a progress bar (a 100 000-record mix takes minutes on 2 cores).
         Returns:
-            Per index, the token length of the sample served there (after truncation;
-            a bad record's index gets its replacement's length).
+            Per item of the epoch, its token length (after truncation).
         """
+        if self._scanned:
+            return list(self._lengths)
         by_key: dict[tuple[int, int], int] = {}
-        indices = range(len(self))
+        indices = range(len(self._src))  # every record once (see __init__)
         if progress:
             from tqdm.auto import tqdm
 
             indices = tqdm(indices, desc="checking records", unit="rec", mininterval=2.0)
         for j in indices:
             key = self._key(j)
-            if key in by_key or key in self._bad:
-                continue
             try:
                 record, where = self._parse(j)
                 tiles = [self._count_tiles(p, record, where) for p in record.paths]
                 by_key[key] = len(self._render(record, tiles, where)[0])
             except BadRecordError as error:
                 self._mark_bad(key, error)
-        good = [j for j in range(len(self)) if self._key(j) not in self._bad]
-        if not good:
+        if not by_key:
             raise InputError(f"no usable record in the dataset.\n{self.report()}")
-        lengths = []
-        for j in range(len(self)):
-            if self._key(j) in self._bad:  # served by the next good index, wrapping around
-                pos = bisect.bisect_left(good, j)
-                j = good[pos] if pos < len(good) else good[0]
-            lengths.append(by_key[self._key(j)])
-        self._lengths = lengths
-        return list(lengths)
+        src_ids, rec_ids = [], []
+        for s, spec in enumerate(self.specs):
+            valid = [r for r in range(len(self._offsets[s])) if (s, r) in by_key]
+            picks = repeat_indices(len(valid), spec.repeat_time, seed=f"{self.seed}:{spec.name}")
+            rec_ids.append(np.asarray([valid[p] for p in picks], dtype=np.int64))
+            src_ids.append(np.full(len(picks), s, dtype=np.int32))
+        self._src = np.concatenate(src_ids)
+        self._rec = np.concatenate(rec_ids)
+        self._valid_records = len(by_key)
+        self._lengths = [by_key[self._key(j)] for j in range(len(self._src))]
+        self._scanned = True
+        return list(self._lengths)
 
     @property
     def lengths(self) -> list[int]:
         """Token length per index (runs `scan()` the first time)."""
         return list(self._lengths) if self._lengths is not None else self.scan()
+
+    @property
+    def valid_records(self) -> int:
+        """Distinct records that passed the checks (runs `scan()` the first time)."""
+        len(self)
+        return self._valid_records
 
     @property
     def bad_records(self) -> dict[str, int]:
@@ -240,12 +262,43 @@ class SFTDataset(Dataset):
         """A readable summary: items, files, and the skipped records per reason with places."""
         files = len({s.annotation for s in self.specs})
         total = sum(self.stats.counts.values())
-        lines = [f"SFTDataset: {len(self)} item(s) from {files} file(s); {total} bad record(s) "
-                 f"skipped, {self.stats.replacements} access(es) served by a later record"]
+        items = (f"{len(self._src)} sample(s) per epoch from {self._valid_records} valid "
+                 f"record(s)" if self._scanned else "not scanned yet")
+        lines = [f"SFTDataset: {items} in {files} file(s); {total} bad record(s) left out"]
+        if self.stats.replacements:
+            lines[0] += (f"; {self.stats.replacements} access(es) found a broken file and were "
+                         "served by the next item")
+        shown = self.stats.max_examples
         for reason, count in self.bad_records.items():
             lines.append(f"  {reason}: {count}")
-            lines += [f"    {place}" for place in self.stats.examples.get(reason, ())]
+            places = self.stats.examples.get(reason, [])
+            lines += [f"    {place}" for place in places[:shown]]
+            if len(places) > shown:
+                lines.append(f"    … and {len(places) - shown} more")
         return "\n".join(lines)
+
+    def write_bad_records(self, path: str | Path) -> Path:
+        """Every bad record's place, one JSON object per line: {reason, place, detail}.
+
+        Args:
+            path: the file to write (its folder is created).
+        Returns:
+            The path written.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for reason in REASONS:
+                for entry in self.stats.examples.get(reason, ()):
+                    place, _, detail = entry.partition(": ")
+                    f.write(json.dumps({"reason": reason, "place": place, "detail": detail},
+                                       ensure_ascii=False) + "\n")
+        return path
+
+    def summary(self) -> dict[str, Any]:
+        """{"valid": distinct good records, "bad": {reason: count}, "samples_per_epoch": N}."""
+        return {"valid": self.valid_records, "bad": self.bad_records,
+                "samples_per_epoch": len(self)}
 
     # ---- one record -------------------------------------------------------------------------
     def _key(self, j: int) -> tuple[int, int]:
@@ -307,14 +360,14 @@ class SFTDataset(Dataset):
                                     if f"{VIDEO_PLACEHOLDER}\n" in text
                                     else text.replace(VIDEO_PLACEHOLDER, frames, 1))
                     break
-            record = _Record(messages, "video", [_join(spec.root, video)], 1)
+            record = _Record(messages, "video", [self._media_path(spec, video, where)], 1)
             expected = n_frames
         else:
             if len(images) == 1 and not any(IMAGE_PLACEHOLDER in m["content"] for m in user_turns):
                 user_turns[0]["content"] = f"{IMAGE_PLACEHOLDER}\n{user_turns[0]['content']}"
             per_image = max(1, max_tiles // len(images)) if len(images) > 1 else max_tiles
             record = _Record(messages, "image" if images else "text",
-                             [_join(spec.root, p) for p in images], per_image)
+                             [self._media_path(spec, p, where) for p in images], per_image)
             expected = len(images)
         tags = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in user_turns)
         if tags != expected:
@@ -325,6 +378,18 @@ class SFTDataset(Dataset):
             if not path.is_file():
                 raise BadRecordError("missing_image", f"no such file {path}", where)
         return record, where
+
+    def _media_path(self, spec: DatasetSpec, path: str, where: str) -> Path:
+        """The record's media path joined to the source's root; refused when it leaves it."""
+        joined = _join(spec.root, path)
+        if not self.allow_outside_root:
+            # Lexical: `../` and absolute paths are caught; a symlink inside the root is the
+            # data owner's choice and is followed.
+            root = os.path.normpath(spec.root)
+            if os.path.commonpath([root, os.path.normpath(joined)]) != root:
+                raise BadRecordError("outside_root", f"{path!r} leaves the data root {root} "
+                                     "(set allow_outside_root to train on it)", where)
+        return joined
 
     def _tile_limits(self, record: _Record) -> dict[str, Any]:
         st = self.image_settings

@@ -52,6 +52,9 @@ class TrainConfig:
     max_seq_length: int = 2048
     max_dynamic_patch: int | None = None  # None: the checkpoint's
     strict: bool = False  # raise on the first bad record instead of skipping it
+    # Train on records whose image/video path leaves their source's root (absolute paths
+    # elsewhere, ../); refused as "outside_root" by default.
+    allow_outside_root: bool = False
     # Sorts samples by length inside groups of 50 batches: less padding, but where length
     # tracks the kind of sample (templated data) each batch is one kind, which can stall
     # learning (see configs/tilevl_tiny.yaml). Off by default.

@@ -23,13 +23,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tilevl.train.sft import train
 
     config = load_train_config(args.config, list(args.overrides or []))
-    result = train(config)
+    try:
+        result = train(config)
+    except KeyboardInterrupt:
+        print(resume_hint(config, ["tilevl", "train", args.config, *(args.overrides or [])]),
+              file=sys.stderr)
+        raise  # the CLI exits 130
     if result.model_dir is not None or result.adapter_dir is not None:
         written = ", ".join(str(p) for p in (result.model_dir, result.adapter_dir) if p is not None)
         loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "n/a"
         print(f"trained {result.global_step} steps (mean loss {loss}); wrote {written}",
               file=sys.stderr)
     return 0
+
+
+def resume_hint(config: TrainConfig, command: list[str]) -> str:
+    """What to print when training is interrupted: the exact command that resumes it.
+
+    Args:
+        config: the run's config (for output_dir and save_steps).
+        command: the command line that started the run (without --resume or with it).
+    """
+    import shlex
+
+    from tilevl.train.sft import find_resume_checkpoint
+
+    again = [*command] if "--resume" in command else [*command, "--resume"]
+    last = find_resume_checkpoint(config.output_dir)
+    where = (f"from {last}" if last is not None else
+             f"from the start: no checkpoint was complete yet (one is saved every "
+             f"{config.save_steps} steps)")
+    return f"\ninterrupted. To continue {where}, run:\n  {shlex.join(again)}"
 
 
 def _keys_help() -> str:

@@ -22,17 +22,19 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 
-from tilevl.errors import CheckpointError, ConfigError
-from tilevl.optional import require
+from tilevl.errors import ConfigError
 from tilevl.train.args import TrainConfig, load_train_config
+from tilevl.train.checkpoints import (  # noqa: F401  (re-exported: the checkpoint format)
+    COMPLETE_MARKER, EXTRA_WEIGHTS, MODEL_WEIGHTS, find_resume_checkpoint, load_weights,
+    read_loss_sum, save_weights)
+from tilevl.train.launch import (check_launch, check_optional, consolidate, default_backend,
+                                 gather_full_state, setup_fsdp)
 from tilevl.train.lora import apply_lora, base_model, count_parameters, is_peft_model, \
     trainable_base_names
 
-COMPLETE_MARKER = "tilevl_checkpoint.json"  # written last, inside the staging folder
 STAGING_PREFIX = ".staging-"
-MODEL_WEIGHTS = "model.safetensors"
-EXTRA_WEIGHTS = "trainable_base.safetensors"  # non-LoRA trainable weights of a LoRA run
 SUMMARY_FILE = "train_summary.json"
+BAD_RECORDS_FILE = "bad_records.jsonl"  # every skipped record: {reason, place, detail}
 
 
 # ---- batches ------------------------------------------------------------------------------------
@@ -141,6 +143,14 @@ class SFTTrainer(Trainer):
         self.tokens_seen = 0  # this rank's non-padding input tokens
         self._staging: Path | None = None
         self.train_batch_sampler: GlobalBatchSampler | None = None
+        # Sum of the per-step losses before this `train()` call (read from the resumed
+        # checkpoint's marker); None: unknown (a checkpoint from before it was recorded).
+        self.loss_before: float | None = 0.0
+        self.add_callback(_RunningLoss(self))
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        self.is_fsdp_enabled = setup_fsdp(self.accelerator, self.model)
 
     def get_train_dataloader(self) -> DataLoader:
         args = self.args
@@ -193,6 +203,26 @@ class SFTTrainer(Trainer):
             loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
+    # ---- the whole run's mean loss -----------------------------------------------------------
+    def running_loss_sum(self) -> float:
+        """Per-step losses (averaged over ranks) summed from step 1 to now, including the
+        steps not logged yet. Every rank must call it (it gathers)."""
+        from transformers.trainer_pt_utils import nested_gather
+
+        pending = nested_gather(self._tr_loss.detach().clone(), self.args.parallel_mode)
+        return self._total_loss_scalar + float(pending.mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Trainer's train_loss covers only the steps of this call; after a resume the run's
+        # earlier steps count too (their sum came back in loss_before, see _RunningLoss).
+        if "train_loss" in logs and self.loss_before is not None and self.state.global_step:
+            logs["train_loss"] = self._total_loss_scalar / self.state.global_step
+        super().log(logs, start_time)
+
+    def _finalize_training(self, trial, num_train_samples, start_time):
+        output = super()._finalize_training(trial, num_train_samples, start_time)
+        return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
+
     # ---- atomic checkpoints -------------------------------------------------------------------
     def _get_output_dir(self, trial) -> str:
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
@@ -215,10 +245,13 @@ class SFTTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging = None
+        loss_sum = self.running_loss_sum()
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             written = staging / name
             marker = {"global_step": self.state.global_step, "world_size": self.args.world_size}
+            if self.loss_before is not None:  # for the whole run's mean loss after a resume
+                marker["loss_sum"] = loss_sum
             (written / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", "utf-8")
             final = run_dir / name
             if final.exists():  # an older run's checkpoint of the same step
@@ -248,65 +281,15 @@ class SFTTrainer(Trainer):
         load_weights(model if model is not None else self.model, Path(resume_from_checkpoint))
 
 
-def save_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
-    """A training checkpoint's weights: the full state dict, or the adapter + extra weights."""
-    from safetensors.torch import save_file
+class _RunningLoss(TrainerCallback):
+    """Start this call's loss sum where the resumed run left it, so the mean covers the run."""
 
-    if is_peft_model(model):
-        model.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
-        extra = {n: state[n].contiguous() for n in trainable_base_names(model) if n in state}
-        if extra:
-            save_file(extra, str(folder / EXTRA_WEIGHTS), metadata={"format": "pt"})
-        return
-    seen: set[tuple[int, int]] = set()
-    unique = {}
-    for key, tensor in state.items():  # a tied head shares the embedding's storage
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if tensor.device.type != "meta" and ident in seen:
-            continue
-        seen.add(ident)
-        unique[key] = tensor.contiguous()
-    save_file(unique, str(folder / MODEL_WEIGHTS), metadata={"format": "pt"})
+    def __init__(self, trainer: SFTTrainer) -> None:
+        self.trainer = trainer
 
-
-def load_weights(model: torch.nn.Module, folder: Path) -> None:
-    """Load what `save_weights` wrote into `model` (a PeftModel or a VisionLanguageModel)."""
-    from safetensors.torch import load_file
-
-    if is_peft_model(model):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
-        files = [folder / EXTRA_WEIGHTS] if (folder / EXTRA_WEIGHTS).exists() else []
-    else:
-        files = [folder / MODEL_WEIGHTS]
-    for file in files:
-        if not file.exists():
-            raise CheckpointError(f"{folder}: no {file.name}; not a tilevl training checkpoint")
-        result = model.load_state_dict(load_file(str(file)), strict=False)
-        if result.unexpected_keys:
-            raise CheckpointError(f"{file}: keys the model lacks: {result.unexpected_keys[:5]}")
-
-
-def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete `checkpoint-N` in `output_dir` (staging folders are ignored).
-
-    A `checkpoint-N` without our completion marker (copied in, or written by another
-    tool) is skipped with a message rather than trusted.
-    """
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = []
-    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        step = path.name.rsplit("-", 1)[-1]
-        if not (path.is_dir() and step.isdigit()):
-            continue
-        if (path / COMPLETE_MARKER).exists():
-            found.append((int(step), path))
-        else:
-            print(f"[tilevl train] skipping {path}: incomplete (no {COMPLETE_MARKER})", file=sys.stderr)
-    return max(found)[1] if found else None
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer.loss_before is not None:
+            self.trainer._total_loss_scalar = self.trainer.loss_before
 
 
 # ---- progress -------------------------------------------------------------------------------------
@@ -371,6 +354,7 @@ class TrainResult:
     train_loss: float | None
     log_history: list[dict] = field(default_factory=list)
     trainable_parameters: int = 0
+    records: dict = field(default_factory=dict)  # valid / bad / samples_per_epoch / report
     model: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -378,22 +362,6 @@ class TrainResult:
         """The loss of the last logged step."""
         losses = [entry["loss"] for entry in self.log_history if "loss" in entry]
         return losses[-1] if losses else None
-
-
-def _check_optional(config: TrainConfig) -> None:
-    if config.deepspeed:
-        require("deepspeed", extra="deepspeed", purpose=f"by deepspeed: {config.deepspeed}")
-        if not Path(config.deepspeed).is_file():
-            raise ConfigError(f"deepspeed: no such file {config.deepspeed}")
-    if "tensorboard" in config.report_to and not any(
-            _importable(m) for m in ("tensorboard", "tensorboardX")):
-        require("tensorboard", extra="train", purpose="by report_to: tensorboard")
-
-
-def _importable(module: str) -> bool:
-    from tilevl.optional import is_available
-
-    return is_available(module)
 
 
 def prepare_model(config: TrainConfig):
@@ -441,15 +409,9 @@ def build_training_args(config: TrainConfig) -> TrainingArguments:
         dataloader_num_workers=config.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available() and not config.use_cpu,  # CPU: nothing to pin
         deepspeed=config.deepspeed, fsdp=config.fsdp, fsdp_config=config.fsdp_config,
-        ddp_backend=config.ddp_backend or _default_backend(config),
+        ddp_backend=config.ddp_backend or default_backend(config),
         use_cpu=config.use_cpu, save_only_model=False,
     )
-
-
-def _default_backend(config: TrainConfig) -> str | None:
-    """gloo for a multi-process CPU run (accelerate would otherwise look for oneCCL)."""
-    on_gpu = torch.cuda.is_available() and not config.use_cpu
-    return "gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not on_gpu else None
 
 
 def _collator(config: TrainConfig, pad_id: int, packed: bool):
@@ -480,7 +442,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     from tilevl.inputs.template import get_template
 
     config.require_paths()
-    _check_optional(config)
+    check_optional(config)
+    check_launch(config)
     out = Path(config.output_dir)
     if (not config.resume and not config.overwrite_output_dir
             and find_resume_checkpoint(out) is not None):
@@ -490,10 +453,12 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     model, tokenizer = prepare_model(config)
     inner = base_model(model)
     data = dict(tokenizer=tokenizer, config=inner.config, max_seq_length=config.max_seq_length,
-                strict=config.strict, seed=config.seed)
+                strict=config.strict, seed=config.seed,
+                allow_outside_root=config.allow_outside_root)
     dataset = SFTDataset(config.meta_path, **data)
     # checks every record once; lengths drive grouping and packing
     lengths = dataset.scan(progress=args.should_log)
+    records = _report_records(dataset, out, args.should_save)
     eval_dataset = SFTDataset(config.eval_meta_path, **data) if config.eval_meta_path else None
     pad = pad_id(tokenizer, get_template(inner.config.template))
     trainable, total = count_parameters(model)
@@ -513,13 +478,36 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Tra
     if config.resume and resume is None and args.should_save:
         print(f"[tilevl train] --resume: no complete checkpoint in {out}; starting fresh",
               file=sys.stderr)
+    if resume is not None:
+        trainer.loss_before = read_loss_sum(resume)
+        if trainer.loss_before is None and args.should_save:
+            print(f"[tilevl train] {resume} does not record the loss so far: the mean loss "
+                  "will cover only the steps after the resume", file=sys.stderr)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     result = TrainResult(out, None, None, trainer.state.global_step, output.training_loss,
-                         list(trainer.state.log_history), trainable)
+                         list(trainer.state.log_history), trainable, records=records)
     _save_final(trainer, config, tokenizer, result)
-    if args.should_save:
-        print(dataset.report(), file=sys.stderr)
     return result
+
+
+def _report_records(dataset, out: Path, main_process: bool) -> dict:
+    """Print the bad-record report before training and write every place to the output folder.
+
+    Returns:
+        train_summary.json's "records": {valid, bad: {reason: count}, samples_per_epoch,
+        report: the file listing every bad record (relative to output_dir), or None}.
+    """
+    records = {**dataset.summary(), "report": None}
+    if main_process:
+        print(dataset.report(), file=sys.stderr)
+        (out / BAD_RECORDS_FILE).unlink(missing_ok=True)  # an earlier run's list
+        if records["bad"]:
+            file = dataset.write_bad_records(out / BAD_RECORDS_FILE)
+            records["report"] = file.name
+            print(f"[tilevl train] every bad record is listed in {file}", file=sys.stderr)
+    elif records["bad"]:
+        records["report"] = BAD_RECORDS_FILE
+    return records
 
 
 def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: TrainResult) -> None:
@@ -528,6 +516,12 @@ def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: Tra
 
     trainer.accelerator.wait_for_everyone()
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_fsdp_enabled and not is_peft_model(model):
+        # Sharded parameters: gather the full state dict (every rank takes part, rank 0
+        # receives it) and save it from an ordinary model, in the official layout.
+        state = gather_full_state(trainer.model)
+        if trainer.args.should_save:
+            model = consolidate(model, state)
     out = Path(config.output_dir)
     if trainer.args.should_save:
         model.eval()
@@ -554,7 +548,8 @@ def _save_final(trainer: SFTTrainer, config: TrainConfig, tokenizer, result: Tra
         result.model = model
         summary = {"global_step": result.global_step, "train_loss": result.train_loss,
                    "trainable_parameters": result.trainable_parameters,
-                   "world_size": trainer.args.world_size, "log_history": result.log_history}
+                   "world_size": trainer.args.world_size, "records": result.records,
+                   "log_history": result.log_history}
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     else:
         result.adapter_dir = out / "adapter" if is_peft_model(model) else None
@@ -572,11 +567,21 @@ def main(argv: list[str] | None = None) -> int:
               "[--key value ...] [--resume]")
         return 0 if argv else 2
     path = None if argv[0].startswith("--") else argv.pop(0)
+    config = None
     try:
-        train(load_train_config(path, argv))
+        config = load_train_config(path, argv)
+        train(config)
     except TilevlError as exc:
         print(f"tilevl train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        from tilevl.train.commands import resume_hint
+
+        # under torchrun / accelerate launch, keep the launcher in front of it
+        command = ["python", "-m", "tilevl.train.sft", *([path] if path else []), *argv]
+        if config is not None:
+            print(resume_hint(config, command), file=sys.stderr)
+        return 130
     return 0
 
 

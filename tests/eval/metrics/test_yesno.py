@@ -77,6 +77,17 @@ def test_pope_per_split():
     assert out["yes_ratio"] == pytest.approx(3 / 6)
 
 
+def test_pope_reads_the_split_field_as_the_readme_example_passes_it():
+    # The README's example gave F1 0.0: the scorer read only `category`.
+    out = score_pope([{"prediction": "Yes.", "answer": "yes", "split": "random"}])
+    assert out["per_split"]["random"]["f1"] == 1.0 and out["f1_mean_over_splits"] == 1.0
+    both = score_pope([{"prediction": "No", "answer": "no", "split": "popular",
+                        "category": "existence"}, {"prediction": "Yes", "answer": "yes"}])
+    assert set(both["per_split"]) == {"popular"}
+    unsplit = score_pope([{"prediction": "Yes", "answer": "yes"}, {"prediction": "No", "answer": "yes"}])
+    assert unsplit["per_split"] == {} and unsplit["f1_mean_over_splits"] == unsplit["f1"]
+
+
 def test_hallusionbench_groupings():
     def rec(figure, question, prediction, answer):
         return {"category": "VD", "subcategory": "chart", "set_id": 0, "figure_id": figure,

@@ -137,26 +137,28 @@ def score_pope(records: list[dict]) -> dict:
     number is the mean F1 over the splits, reported as `f1_mean_over_splits`.
 
     Args:
-        records: dicts with `prediction`, `answer` ("yes"/"no") and `category` (the split:
-            "random", "popular" or "adversarial").
+        records: dicts with `prediction`, `answer` ("yes"/"no") and the split ("random",
+            "popular" or "adversarial") as `split` (MiniBench's and LLaVA's POPE files) or
+            `category` (InternVL's question files); `split` wins when both are given.
 
     Returns:
         The overall figures (`accuracy`, `precision`, `recall`, `f1`, `yes_ratio`, confusion
-        counts), `per_split` (the same per split), `f1_mean_over_splits`, `n`.
+        counts), `per_split` (the same per split), `f1_mean_over_splits` (the overall F1
+        when no record names a split: the file is one split), `n`.
     """
     rule = "pope"
     preds, golds, splits = [], [], []
     for i, record in enumerate(records):
         preds.append(parse_yes_no(record.get("prediction", ""), "pope"))
         golds.append(_gold_yes_no(record, i, rule))
-        splits.append(record.get("category"))
+        splits.append(record.get("split", record.get("category")))
     per_split = {}
     for split in sorted({s for s in splits if s is not None}, key=str):
         chosen = [k for k, s in enumerate(splits) if s == split]
         per_split[split] = _binary_metrics([preds[k] for k in chosen], [golds[k] for k in chosen])
     overall = _binary_metrics(preds, golds)
     overall.pop("n")
-    f1s = [m["f1"] for m in per_split.values()]
+    f1s = [m["f1"] for m in per_split.values()] or [overall["f1"]]
     return result(rule, "1", len(records), **overall, per_split=per_split,
                   f1_mean_over_splits=ratio(sum(f1s), len(f1s)))
 
