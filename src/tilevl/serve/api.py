@@ -19,6 +19,23 @@ log = logging.getLogger("tilevl.serve")
 # Beyond the limit we keep reading (and dropping) up to this much, so the client gets its
 # 413 instead of a connection reset while it is still sending.
 _DRAIN_FACTOR = 4
+# After a request body this large, freed heap pages are handed back to the system: glibc
+# keeps them otherwise, and one 20 MB message would leave the server that much bigger.
+_TRIM_AFTER_BYTES = 4 * 2**20
+
+
+def give_memory_back() -> None:
+    """Return the freed heap to the operating system (glibc's malloc_trim; a no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()  # a refused request's traceback may still hold its body in a cycle
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to trim
+        pass
 
 
 def error_response(status: int, message: str, *, type_: str | None = None, param: str | None = None,
@@ -139,6 +156,13 @@ class _CatchAll:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = False
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
 
         async def tracking_send(message):
             nonlocal started
@@ -147,7 +171,7 @@ class _CatchAll:
             await send(message)
 
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, counting_receive, tracking_send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if type(exc).__name__ == "ClientDisconnect":
                 return
@@ -158,6 +182,9 @@ class _CatchAll:
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
+        finally:
+            if received > _TRIM_AFTER_BYTES:
+                give_memory_back()
 
 
 def create_app(model, tokenizer, *, model_name: str, settings: ServeSettings | None = None,

@@ -21,6 +21,9 @@ class ServeSettings:
         max_image_aspect_ratio: longer side / shorter side of one image (a 1×100000 strip
             has no content a tile could show; Qwen2-VL's processor refuses > 200 too).
         max_prompt_tokens: rendered prompt tokens, image tokens included.
+        max_prompt_chars: characters of text in all messages, checked before tokenizing
+            (None: 16 × the prompt token limit; a token rarely spans more than 16 characters,
+            so only text that could never fit is refused without being tokenized).
         max_new_tokens_limit: the largest `max_tokens` accepted; also the default.
         max_n: the largest `n`.
         queue_size: requests waiting for the model (or being prepared); more answer 429.
@@ -42,6 +45,7 @@ class ServeSettings:
     max_image_pixels: int = 50_000_000
     max_image_aspect_ratio: float = 200.0
     max_prompt_tokens: int = 16384
+    max_prompt_chars: int | None = None
     max_new_tokens_limit: int = 2048
     max_n: int = 8
     queue_size: int = 256
