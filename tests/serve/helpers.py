@@ -41,6 +41,7 @@ def start_server(settings, *, web: bool = False) -> RunningServer:
 
     from tilevl.resolve import open_model
     from tilevl.serve.api import create_app
+    from tilevl.serve.connections import uvicorn_config
 
     model, tokenizer = open_model("tiny", quiet=True)
     app = create_app(model, tokenizer, model_name="tiny", settings=settings, web=web)
@@ -48,7 +49,7 @@ def start_server(settings, *, web: bool = False) -> RunningServer:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -6,6 +6,7 @@ an OpenAI error object (4xx for the client's fault, 500 without a stack trace).
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, and
 # `fastapi.Request` is only a local name inside build_router (fastapi is optional).
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -49,12 +50,13 @@ def error_response(status: int, message: str, *, type_: str | None = None, param
     return JSONResponse(err.to_dict(), status_code=status)
 
 
-async def read_body(request, limit: int) -> bytes:
+async def read_body(request, limit: int, timeout: float) -> bytes:
     """The request body, or ServingError 413 when it is larger than `limit` bytes.
 
     Args:
         request: a Starlette request.
         limit: max_body_bytes.
+        timeout: body_timeout, the longest wait for the next chunk (then ServingError 408).
     Returns:
         The body bytes.
     """
@@ -64,7 +66,15 @@ async def read_body(request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit * _DRAIN_FACTOR:
         raise too_large
     chunks, total = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ServingError(408, f"the request body stalled for more than body_timeout={timeout:g} s",
+                               code="body_timeout") from None
         total += len(chunk)
         if total <= limit:
             chunks.append(chunk)
@@ -96,7 +106,7 @@ def build_router():
         """OpenAI's chat completions; the body is `ChatCompletionRequest` (read by hand so
         that its size is capped and every type error becomes an OpenAI error object)."""
         serving: OpenAIServingChat = raw_request.app.state.serving
-        body = await read_body(raw_request, serving.settings.max_body_bytes)
+        body = await read_body(raw_request, serving.settings.max_body_bytes, serving.settings.body_timeout)
         try:
             request = ChatCompletionRequest.model_validate_json(body)
         except ValidationError as exc:

@@ -97,9 +97,12 @@ def _run(args: argparse.Namespace, web: bool) -> int:
     where = f"http://{args.host}:{args.port}"
     print(f"[tilevl] {'chat page at ' + where + '/ and ' if web else ''}OpenAI API at {where}/v1 "
           f"(model id {app.state.serving.model_name!r})", file=sys.stderr)
-    # uvicorn's own limits come on top of ours: no keep-alive forever, bounded concurrency.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=30,
-                limit_concurrency=max(64, 4 * app.state.serving.settings.queue_size))
+    # Header timeout and connection cap under the app (see serve/connections.py).
+    from tilevl.serve.connections import uvicorn_config
+
+    config = uvicorn_config(app, app.state.serving.settings, host=args.host, port=args.port,
+                            log_level=args.log_level)
+    uvicorn.Server(config).run()
     return 0
 
 

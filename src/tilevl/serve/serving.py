@@ -38,7 +38,7 @@ log = logging.getLogger("tilevl.serve")
 class ServingError(Exception):
     """A request the server answers with an OpenAI error object (4xx: the client's fault)."""
 
-    TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
+    TYPES = {400: "invalid_request_error", 404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
              429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
              504: "timeout_error"}
 

@@ -36,6 +36,12 @@ class ServeSettings:
         remote_image_max_bytes: largest remote image download.
         remote_image_timeout: seconds for one remote image download.
         preprocess_workers: threads that decode and tile images.
+        header_timeout: seconds a connection may take to send a complete request head,
+            counted from connecting or from its previous response (so also the keep-alive
+            limit); then it is closed (408 when a head was under way).
+        body_timeout: seconds a request body may stall between two chunks; then 408.
+        max_connections: open connections; when full, the one waiting longest for headers is
+            closed for a newcomer, and if every one is inside a request, new requests get 503.
     """
 
     max_body_bytes: int = 32 * 2**20
@@ -58,3 +64,6 @@ class ServeSettings:
     remote_image_max_bytes: int = 20 * 2**20
     remote_image_timeout: float = 10.0
     preprocess_workers: int = 4
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 1024
