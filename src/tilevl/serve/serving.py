@@ -147,6 +147,7 @@ class OpenAIServingChat:
         self.max_prompt_chars = self.settings.max_prompt_chars or CHARS_PER_TOKEN_BOUND * self.max_prompt_tokens
         image_max = model.image_settings.max_num
         self.max_tiles_per_image = min(self.settings.max_tiles_per_image or image_max, image_max * 4)
+        self.default_max_tiles = min(image_max, self.max_tiles_per_image)
         self.scheduler = BatchScheduler(
             model, tokenizer, eos_ids=stop_token_ids(tokenizer, self.template),
             text_stops=self.template.stop_strings, pad_id=pad_id(tokenizer, self.template),
@@ -174,8 +175,24 @@ class OpenAIServingChat:
         return ModelList(data=[ModelCard(id=self.model_name, max_model_len=self.max_model_len)])
 
     def health(self) -> dict:
+        """/health: the load, plus the limits and defaults a client (the chat page) fits itself to."""
         return {"status": "ok", "model": self.model_name, "waiting": self.scheduler.waiting,
-                "preparing": self._preparing, "running": self.scheduler.running}
+                "preparing": self._preparing, "running": self.scheduler.running,
+                "limits": self.limits(), "defaults": self.defaults()}
+
+    def limits(self) -> dict:
+        """The largest values a request may use (a larger one is refused with a 400)."""
+        s = self.settings
+        return {"max_tiles_per_image": self.max_tiles_per_image, "max_images_per_request": s.max_images_per_request,
+                "max_total_tiles": s.max_total_tiles, "max_tokens": s.max_new_tokens_limit,
+                "max_prompt_tokens": self.max_prompt_tokens, "max_prompt_chars": self.max_prompt_chars,
+                "max_model_len": self.max_model_len, "max_n": min(s.max_n, s.max_batch_size),
+                "max_body_bytes": s.max_body_bytes}
+
+    def defaults(self) -> dict:
+        """What the server uses for a field a request leaves out."""
+        return {"max_tiles": self.default_max_tiles, "max_tokens": self.settings.max_new_tokens_limit,
+                "temperature": self.settings.default_temperature, "top_p": 1.0}
 
     # ---- the request path --------------------------------------------------------------------
     async def create_chat_completion(
@@ -328,7 +345,7 @@ class OpenAIServingChat:
     def _prepare(self, conversation, sources, request: ChatCompletionRequest) -> _Prepared:
         """Decode and tile the images, render the prompt (runs in the preprocessing pool)."""
         settings, image_settings = self.settings, self.model.image_settings
-        max_tiles = request.max_tiles or min(image_settings.max_num, self.max_tiles_per_image)
+        max_tiles = request.max_tiles or self.default_max_tiles
         tiles, patches = [], []
         for k, source in enumerate(sources):
             try:
