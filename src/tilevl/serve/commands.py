@@ -51,7 +51,8 @@ def _add_common(parser: argparse.ArgumentParser, port: int) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         if kind is bool:
-            limits.add_argument(flag, action="store_true", default=f.default, help=f"(default {f.default})")
+            limits.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f"(default {f.default})")
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         limits.add_argument(flag, type=base, default=f.default, metavar=base.__name__.upper(),

@@ -29,6 +29,7 @@ from tilevl.serve.protocol import (
     ChatCompletionRequest, ChatCompletionResponse, ChatMessage, DeltaMessage, ImageContentPart,
     ModelCard, ModelList, UsageInfo, completion_id, now,
 )
+from tilevl.serve.prefix_cache import PrefixCache, image_key
 from tilevl.serve.scheduler import BatchScheduler, QueueFull, SamplingParams, Update, Work
 from tilevl.serve.settings import ServeSettings
 
@@ -71,6 +72,8 @@ def count_text_chars(messages: list[ChatMessage]) -> int:
 class _Prepared:
     prompt_ids: list[int]
     tiles: torch.Tensor | None
+    image_tiles: list[int]
+    image_keys: list[bytes] | None
 
 
 def messages_to_conversation(messages: list[ChatMessage]) -> tuple[list[dict[str, str]], list[str]]:
@@ -148,11 +151,13 @@ class OpenAIServingChat:
         image_max = model.image_settings.max_num
         self.max_tiles_per_image = min(self.settings.max_tiles_per_image or image_max, image_max * 4)
         self.default_max_tiles = min(image_max, self.max_tiles_per_image)
+        self.prefix_cache = PrefixCache(int(self.settings.cache_gb * 2**30)) if self.settings.prefix_cache else None
         self.scheduler = BatchScheduler(
             model, tokenizer, eos_ids=stop_token_ids(tokenizer, self.template),
             text_stops=self.template.stop_strings, pad_id=pad_id(tokenizer, self.template),
             max_batch_size=self.settings.max_batch_size, queue_size=self.settings.queue_size,
-            shared_prefix=self._system_prefix(), max_prefill_tokens=self.settings.max_prefill_tokens)
+            shared_prefix=self._system_prefix(), max_prefill_tokens=self.settings.max_prefill_tokens,
+            prefix_cache=self.prefix_cache)
         self._pool = ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="tilevl-prep")
         self._render_lock = threading.Lock()  # a fast tokenizer must not encode in two threads
         self._preparing = 0
@@ -178,7 +183,8 @@ class OpenAIServingChat:
         """/health: the load, plus the limits and defaults a client (the chat page) fits itself to."""
         return {"status": "ok", "model": self.model_name, "waiting": self.scheduler.waiting,
                 "preparing": self._preparing, "running": self.scheduler.running,
-                "limits": self.limits(), "defaults": self.defaults()}
+                "limits": self.limits(), "defaults": self.defaults(),
+                "prefix_cache": self.prefix_cache.summary() if self.prefix_cache else None}
 
     def limits(self) -> dict:
         """The largest values a request may use (a larger one is refused with a 400)."""
@@ -236,7 +242,8 @@ class OpenAIServingChat:
             def on_error(status: int, message: str) -> None:
                 loop.call_soon_threadsafe(events.put_nowait, ("error", status, message))
 
-            work = Work(prepared.prompt_ids, prepared.tiles, request.n, params, on_update, on_error)
+            work = Work(prepared.prompt_ids, prepared.tiles, request.n, params, on_update, on_error,
+                        image_tiles=prepared.image_tiles, image_keys=prepared.image_keys)
             try:
                 self.scheduler.submit(work)
             except QueueFull as exc:
@@ -374,7 +381,8 @@ class OpenAIServingChat:
         if len(rendered.input_ids) > limit:
             raise ServingError(400, f"the prompt is {len(rendered.input_ids)} tokens (images included); "
                                f"the limit is {limit}", param="messages", code="context_length_exceeded")
-        return _Prepared(rendered.input_ids, torch.cat(tiles) if tiles else None)
+        keys = [image_key(t) for t in tiles] if self.prefix_cache is not None else None
+        return _Prepared(rendered.input_ids, torch.cat(tiles) if tiles else None, patches, keys)
 
     def _sampling(self, request: ChatCompletionRequest, prompt_tokens: int) -> SamplingParams:
         room = self.max_model_len - prompt_tokens

@@ -42,6 +42,9 @@ class ServeSettings:
         body_timeout: seconds a request body may stall between two chunks; then 408.
         max_connections: open connections; when full, the one waiting longest for headers is
             closed for a newcomer, and if every one is inside a request, new requests get 503.
+        prefix_cache: keep the KV of earlier prompts and the features of earlier images, and
+            reuse them for any request that starts the same way (`--no-prefix-cache`: off).
+        cache_gb: memory budget of the prefix cache in GiB (least recently used goes first).
     """
 
     max_body_bytes: int = 32 * 2**20
@@ -67,3 +70,5 @@ class ServeSettings:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 1024
+    prefix_cache: bool = True
+    cache_gb: float = 2.0
