@@ -119,3 +119,40 @@ def test_resent_conversation_gives_the_same_token_ids_and_skips_the_work(tiny):
     # a second client opening with the same picture and question reuses all but one token
     again = _conversation(model, tok, cache, turns=1)
     assert again == plain[:1] and cache.summary()["hits"] == 4
+
+
+def test_resent_images_are_not_decoded_again():
+    from tilevl.serve.prefix_cache import TileMemo
+
+    memo, made = TileMemo(capacity=2), []
+
+    def make(value):
+        return lambda: made.append(value) or torch.full((1, 3, 4, 4), float(value))
+
+    first = memo.tiles("data:image/png;base64,AAAA", 6, make(1))
+    assert memo.tiles("data:image/png;base64,AAAA", 6, make(2)) == first and made == [1]
+    memo.tiles("data:image/png;base64,AAAA", 2, make(3))  # another tiling is another entry
+    memo.tiles("/media/cat.png", 6, make(4))
+    memo.tiles("/media/cat.png", 6, make(5))  # a file may change: never memoised
+    assert made == [1, 3, 4, 5] and memo.hits == 1
+
+
+def test_the_flag_turns_the_cache_off_and_health_counts(server):
+    import argparse
+
+    import httpx
+
+    from tilevl.serve.commands import _add_common, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    _add_common(parser, port=1)
+    assert settings_from_args(parser.parse_args(["tiny"])).prefix_cache is True
+    off = settings_from_args(parser.parse_args(["tiny", "--no-prefix-cache", "--cache-gb", "0.5"]))
+    assert off.prefix_cache is False and off.cache_gb == 0.5
+    before = httpx.get(server.url + "/health").json()["prefix_cache"]
+    messages = [{"role": "user", "content": "Tell me about caches, please."}]
+    for _ in range(2):
+        httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                   json={"model": "tiny", "max_tokens": 2, "messages": messages}).raise_for_status()
+    after = httpx.get(server.url + "/health").json()["prefix_cache"]
+    assert after["hits"] >= before["hits"] + 1 and after["used_bytes"] <= after["budget_bytes"]

@@ -13,6 +13,7 @@ prefix), then extended token by token with `chat.session.common_prefix`.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ def image_key(tiles: torch.Tensor) -> bytes:
     data = tiles.detach().cpu().contiguous()
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str((tuple(data.shape), str(data.dtype))).encode())
-    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
+    digest.update(memoryview(data.reshape(-1).view(torch.uint8).numpy()))  # any dtype, no copy
     return digest.digest()
 
 
@@ -174,3 +175,40 @@ class PrefixCache:
                     del self._by_digest[digest]
         else:
             self.used -= item.numel() * item.element_size()
+
+
+class TileMemo:
+    """The tiles and `image_key` of recently seen image sources (data URLs, downloaded bytes).
+
+    A client resends its images every turn; this skips decoding, tiling and hashing them
+    again. Local paths are not memoised (the file may change). Thread-safe: the
+    preprocessing pool calls it from several threads.
+    """
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[bytes, tuple[torch.Tensor, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def tiles(self, source: str | bytes, max_tiles: int, make) -> tuple[torch.Tensor, bytes]:
+        """(tiles [T, 3, S, S], image key) of `source` cut into at most `max_tiles` tiles;
+        `make()` gives the tiles when they are not memoised (its errors pass through)."""
+        if isinstance(source, str) and not source.startswith("data:"):
+            tiles = make()
+            return tiles, image_key(tiles)
+        data = source.encode() if isinstance(source, str) else source
+        key = hashlib.blake2b(data + b"|%d" % max_tiles, digest_size=16).digest()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return hit
+        tiles = make()
+        item = (tiles, image_key(tiles))
+        with self._lock:
+            self._items[key] = item
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return item

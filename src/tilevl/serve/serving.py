@@ -29,7 +29,7 @@ from tilevl.serve.protocol import (
     ChatCompletionRequest, ChatCompletionResponse, ChatMessage, DeltaMessage, ImageContentPart,
     ModelCard, ModelList, UsageInfo, completion_id, now,
 )
-from tilevl.serve.prefix_cache import PrefixCache, image_key
+from tilevl.serve.prefix_cache import PrefixCache, TileMemo
 from tilevl.serve.scheduler import BatchScheduler, QueueFull, SamplingParams, Update, Work
 from tilevl.serve.settings import ServeSettings
 
@@ -152,6 +152,7 @@ class OpenAIServingChat:
         self.max_tiles_per_image = min(self.settings.max_tiles_per_image or image_max, image_max * 4)
         self.default_max_tiles = min(image_max, self.max_tiles_per_image)
         self.prefix_cache = PrefixCache(int(self.settings.cache_gb * 2**30)) if self.settings.prefix_cache else None
+        self._tile_memo = TileMemo() if self.prefix_cache is not None else None
         self.scheduler = BatchScheduler(
             model, tokenizer, eos_ids=stop_token_ids(tokenizer, self.template),
             text_stops=self.template.stop_strings, pad_id=pad_id(tokenizer, self.template),
@@ -353,16 +354,24 @@ class OpenAIServingChat:
         """Decode and tile the images, render the prompt (runs in the preprocessing pool)."""
         settings, image_settings = self.settings, self.model.image_settings
         max_tiles = request.max_tiles or self.default_max_tiles
-        tiles, patches = [], []
+        tiles, patches, keys = [], [], []
+
+        def make_tiles(source) -> torch.Tensor:
+            image = load_image(source, max_pixels=settings.max_image_pixels)
+            ratio = max(image.size) / min(image.size)
+            if ratio > settings.max_image_aspect_ratio:
+                raise InputError(f"the image is {image.size[0]}×{image.size[1]}, an aspect ratio of "
+                                 f"{ratio:.0f}; the limit is max_image_aspect_ratio="
+                                 f"{settings.max_image_aspect_ratio:g}")
+            return preprocess(image, image_settings, max_num=max_tiles)
+
         for k, source in enumerate(sources):
             try:
-                image = load_image(source, max_pixels=settings.max_image_pixels)
-                ratio = max(image.size) / min(image.size)
-                if ratio > settings.max_image_aspect_ratio:
-                    raise InputError(f"the image is {image.size[0]}×{image.size[1]}, an aspect ratio of "
-                                     f"{ratio:.0f}; the limit is max_image_aspect_ratio="
-                                     f"{settings.max_image_aspect_ratio:g}")
-                t = preprocess(image, image_settings, max_num=max_tiles)
+                if self._tile_memo is None:
+                    t = make_tiles(source)
+                else:  # with the prefix cache: each image is keyed, and a resent one is not redone
+                    t, key = self._tile_memo.tiles(source, max_tiles, lambda s=source: make_tiles(s))
+                    keys.append(key)
             except InputError as exc:
                 raise ServingError(400, f"image {k}: {exc}", param="messages", code="invalid_image") from None
             tiles.append(t)
@@ -381,8 +390,8 @@ class OpenAIServingChat:
         if len(rendered.input_ids) > limit:
             raise ServingError(400, f"the prompt is {len(rendered.input_ids)} tokens (images included); "
                                f"the limit is {limit}", param="messages", code="context_length_exceeded")
-        keys = [image_key(t) for t in tiles] if self.prefix_cache is not None else None
-        return _Prepared(rendered.input_ids, torch.cat(tiles) if tiles else None, patches, keys)
+        return _Prepared(rendered.input_ids, torch.cat(tiles) if tiles else None, patches,
+                         keys if self._tile_memo is not None else None)
 
     def _sampling(self, request: ChatCompletionRequest, prompt_tokens: int) -> SamplingParams:
         room = self.max_model_len - prompt_tokens
