@@ -77,11 +77,11 @@ class Server:
         settings = ServeSettings(prefix_cache=cache, max_prompt_tokens=8000, max_total_tiles=16)
         self.app = create_app(model, tokenizer, model_name="small", settings=settings)
         scheduler = self.app.state.serving.scheduler
-        self.ids: dict[int, list[int]] = {}
+        self.ids: dict[int, tuple[object, list[int]]] = {}  # id(work) → (work kept alive, ids)
         advance = scheduler._advance
 
         def recording_advance(row, token):  # token ids, not the decoded text, are compared
-            self.ids.setdefault(id(row.work), []).append(token)
+            self.ids.setdefault(id(row.work), (row.work, []))[1].append(token)
             return advance(row, token)
 
         scheduler._advance = recording_advance
@@ -95,7 +95,7 @@ class Server:
             time.sleep(0.02)
 
     def replies_by_id(self) -> list[list[int]]:
-        return list(self.ids.values())
+        return [ids for _, ids in self.ids.values()]
 
     def close(self) -> None:
         self.server.should_exit = True

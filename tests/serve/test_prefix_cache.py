@@ -76,7 +76,7 @@ class TokenScheduler(BatchScheduler):
     """Records every choice's token ids (replies are compared by ids, not text)."""
 
     def _advance(self, row, token):
-        self.ids.setdefault(id(row.work), []).append(token)
+        self.ids.setdefault(id(row.work), (row.work, []))[1].append(token)  # the work kept alive
         return super()._advance(row, token)
 
 
@@ -98,7 +98,7 @@ def _conversation(model, tok, cache: PrefixCache | None, turns: int = 4):
                         image_tiles=[tiles.shape[0]])
             sched.submit(work)
             assert sink.done.wait(60)
-            replies.append(sched.ids[id(work)])
+            replies.append(sched.ids[id(work)][1])
             history.append((recorded, sink.texts[0]))
     finally:
         sched.stop()
