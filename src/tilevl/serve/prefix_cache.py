@@ -93,13 +93,14 @@ class PrefixCache:
         self._lru: OrderedDict[object, _Entry | torch.Tensor] = OrderedDict()  # key → item
         self._by_digest: dict[bytes, _Entry] = {}
         self.used = 0
+        self.prefixes = 0  # entries that are prompts (the rest are images); kept as a count so
+        # that /health never iterates the LRU while the scheduler's thread changes it
         self.stats = {"lookups": 0, "hits": 0, "reused_tokens": 0, "prefilled_tokens": 0,
                       "image_hits": 0, "images_encoded": 0, "evictions": 0}
 
     def summary(self) -> dict:
         """Counters plus the memory in use, for /health."""
-        entries = sum(isinstance(v, _Entry) for v in self._lru.values())
-        return {**self.stats, "prefixes": entries, "images": len(self._lru) - entries,
+        return {**self.stats, "prefixes": self.prefixes, "images": len(self._lru) - self.prefixes,
                 "used_bytes": self.used, "budget_bytes": self.budget}
 
     # ---- prefixes ---------------------------------------------------------------------------
@@ -139,6 +140,7 @@ class PrefixCache:
         entry = _Entry(keys.copy(), [(k.clone(), v.clone()) for k, v in kv], digests, nbytes)
         self._lru[id(entry)] = entry
         self.used += nbytes
+        self.prefixes += 1
         for digest in digests:
             self._by_digest[digest] = entry
         self._fit()
@@ -170,6 +172,7 @@ class PrefixCache:
         item = self._lru.pop(key)
         if isinstance(item, _Entry):
             self.used -= item.nbytes
+            self.prefixes -= 1
             for digest in item.digests:
                 if self._by_digest.get(digest) is item:
                     del self._by_digest[digest]
