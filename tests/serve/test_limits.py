@@ -147,3 +147,15 @@ def test_stalled_bodies_are_timed_out_and_a_full_server_answers_json(guarded_ser
     finally:
         for sock in stalled:
             sock.close()
+
+
+def test_malformed_http_is_answered_with_a_json_error(guarded_server):
+    sock = _connect(guarded_server.url)
+    try:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        answer = _read_until_closed(sock, time.monotonic() + 5)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b"application/json" in answer
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1].removesuffix(b"<closed>").removesuffix(b"<reset>"))
+    assert body["error"]["code"] == "invalid_http"
