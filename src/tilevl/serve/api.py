@@ -25,12 +25,23 @@ _DRAIN_FACTOR = 4
 _TRIM_AFTER_BYTES = 4 * 2**20
 
 
-def give_memory_back() -> None:
-    """Return the freed heap to the operating system (glibc's malloc_trim; a no-op elsewhere)."""
+_last_trim = [0.0]
+
+
+def give_memory_back(min_interval: float = 1.0) -> None:
+    """Return the freed heap to the operating system (glibc's malloc_trim; a no-op elsewhere).
+
+    At most once per `min_interval` seconds: it holds the GIL for a garbage collection, so a
+    client sending large bodies back to back must not stall the event loop each time.
+    """
     import ctypes
     import ctypes.util
     import gc
+    import time
 
+    if time.monotonic() - _last_trim[0] < min_interval:
+        return
+    _last_trim[0] = time.monotonic()
     gc.collect()  # a refused request's traceback may still hold its body in a cycle
     name = ctypes.util.find_library("c")
     try:
