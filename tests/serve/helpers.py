@@ -35,20 +35,23 @@ class RunningServer:
         return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **kwargs)
 
 
-def start_server(settings, *, web: bool = False) -> RunningServer:
-    """Serve the tiny preset with `settings` on a free port; returns once it accepts requests."""
+def start_server(settings, *, web: bool = False, model: str = "tiny") -> RunningServer:
+    """Serve `model` (the tiny preset by default) with `settings` on a free port, under the
+    id `tilevl serve` would give it; returns once it accepts requests."""
     import uvicorn
 
     from tilevl.resolve import open_model
     from tilevl.serve.api import create_app
+    from tilevl.serve.commands import served_name
+    from tilevl.serve.connections import uvicorn_config
 
-    model, tokenizer = open_model("tiny", quiet=True)
-    app = create_app(model, tokenizer, model_name="tiny", settings=settings, web=web)
+    vlm, tokenizer = open_model(model, quiet=True)
+    app = create_app(vlm, tokenizer, model_name=served_name(model, None), settings=settings, web=web)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -1,18 +1,23 @@
-"""The chat page in a real headless browser: Debian's chromium driven by Playwright.
+"""The chat page: its logic under node, and the page in headless Chromium (Playwright).
 
-Loads the page, uploads an image, asks, and waits for the streamed reply; then a second
-turn and the clear button. Skips (saying what is missing) without chromium or playwright.
+The page reads the server's limits from /health, so it works out of the box with the
+shipped model (`tilevl web tilevl-tiny`, one tile per image); a failed turn leaves the
+conversation as it was. Browser tests skip (saying what is missing) without chromium or
+playwright; the node test skips without node.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serve.helpers import make_image
+from tests.serve.helpers import make_image, start_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -34,10 +39,20 @@ def browser():
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def shipped_server():
+    """`tilevl web tilevl-tiny` as it comes: the shipped model and the default limits."""
+    from tilevl.serve import ServeSettings
+
+    running = start_server(ServeSettings(), web=True, model="tilevl-tiny")
+    yield running
+    stop_server(running)
+
+
 def test_page_and_static_files_are_served(server):
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "tilevl chat" in page.text
-    for name in ("chat.js", "chat.css"):
+    for name in ("chat.js", "chat_core.js", "chat.css"):
         assert httpx.get(f"{server.url}/static/{name}").status_code == 200
 
 
@@ -72,6 +87,80 @@ def test_upload_ask_and_see_a_streamed_reply(server, browser, tmp_path):
                                timeout=30_000)
         page.click("[data-testid=clear]")
         assert page.locator(".msg").count() == 0
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_health_states_the_limits_and_defaults_the_page_uses(shipped_server):
+    health = httpx.get(shipped_server.url + "/health").json()
+    limits, defaults = health["limits"], health["defaults"]
+    assert limits["max_tiles_per_image"] == shipped_server.serving.model.image_settings.max_num == 1
+    assert 1 <= defaults["max_tiles"] <= limits["max_tiles_per_image"]
+
+    def status(**fields):
+        body = {"model": "tilevl-tiny", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+        return httpx.post(shipped_server.url + "/v1/chat/completions", json={**body, **fields}, timeout=60).status_code
+
+    # each stated limit is the real one: at it is served, one above is refused
+    assert status(max_tiles=limits["max_tiles_per_image"]) == 200
+    assert status(max_tiles=limits["max_tiles_per_image"] + 1) == 400
+    assert status(max_tokens=limits["max_tokens"] + 1) == 400
+    assert status(temperature=defaults["temperature"], top_p=defaults["top_p"]) == 200
+
+
+def test_page_logic_under_node_with_the_shipped_model(shipped_server):
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("node is not installed")
+    core = Path(__file__).parents[2] / "src/tilevl/serve/static/chat_core.js"
+    script = Path(__file__).with_name("js") / "page_turns.js"
+    run = subprocess.run([node, str(script), str(core), shipped_server.url], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    hello, bad_image, after = result["turns"]
+    assert result["settings"]["maxTiles"] == {"min": 1, "max": 1, "value": 1}
+    assert (hello["status"], hello["failed"], hello["max_tiles"]) == (200, False, 1)
+    assert bad_image["status"] == 400 and bad_image["failed"]
+    # the failed turn is not resent: the next request holds "Hello" and "And now?" only
+    assert (after["status"], after["failed"], after["users"]) == (200, False, 2)
+    assert result["history_length"] == 4
+
+
+def test_shipped_model_page_defaults_and_a_failed_turn(shipped_server, browser, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not a PNG")
+    page = browser.new_page()
+    errors, sent = [], []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda r: sent.append(r.post_data) if r.url.endswith("/v1/chat/completions") else None)
+    try:
+        page.goto(shipped_server.url + "/")
+        page.wait_for_selector("body[data-ready=true]", timeout=10_000)
+        assert page.input_value("[data-testid=max-tiles]") == "1"  # from /health, not the HTML
+        page.fill("[data-testid=max-tokens]", "4")  # short replies; every other setting as shipped
+        done = "document.querySelectorAll('.msg.assistant[data-state=done]').length == {}"
+
+        page.fill("[data-testid=prompt]", "Hello")  # text only, the page's defaults
+        page.click("[data-testid=send]")
+        page.wait_for_function(done.format(1), timeout=30_000)
+
+        page.set_input_files("[data-testid=images]", str(bad))
+        page.wait_for_selector("[data-testid=previews] img", timeout=5_000)
+        page.fill("[data-testid=prompt]", "What is this?")
+        page.click("[data-testid=send]")
+        page.wait_for_selector(".msg.assistant[data-state=error]", timeout=30_000)
+        assert "image 0" in page.locator(".msg.assistant.error").inner_text()
+        assert page.locator(".msg.user[data-state=failed]").count() == 1
+
+        page.fill("[data-testid=prompt]", "And now?")
+        page.click("[data-testid=send]")
+        page.wait_for_function(done.format(2), timeout=30_000)
+        last = json.loads(sent[-1])
+        assert [m["role"] for m in last["messages"]] == ["user", "assistant", "user"]
+        assert "image_url" not in sent[-1] and last["max_tiles"] == 1
+        assert page.locator(".msg.assistant.error").count() == 1
         assert not errors, errors
     finally:
         page.close()

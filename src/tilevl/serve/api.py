@@ -6,6 +6,7 @@ an OpenAI error object (4xx for the client's fault, 500 without a stack trace).
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, and
 # `fastapi.Request` is only a local name inside build_router (fastapi is optional).
+import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -19,6 +20,34 @@ log = logging.getLogger("tilevl.serve")
 # Beyond the limit we keep reading (and dropping) up to this much, so the client gets its
 # 413 instead of a connection reset while it is still sending.
 _DRAIN_FACTOR = 4
+# After a request body this large, freed heap pages are handed back to the system: glibc
+# keeps them otherwise, and one 20 MB message would leave the server that much bigger.
+_TRIM_AFTER_BYTES = 4 * 2**20
+
+
+_last_trim = [0.0]
+
+
+def give_memory_back(min_interval: float = 1.0) -> None:
+    """Return the freed heap to the operating system (glibc's malloc_trim; a no-op elsewhere).
+
+    At most once per `min_interval` seconds: it holds the GIL for a garbage collection, so a
+    client sending large bodies back to back must not stall the event loop each time.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+    import time
+
+    if time.monotonic() - _last_trim[0] < min_interval:
+        return
+    _last_trim[0] = time.monotonic()
+    gc.collect()  # a refused request's traceback may still hold its body in a cycle
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to trim
+        pass
 
 
 def error_response(status: int, message: str, *, type_: str | None = None, param: str | None = None,
@@ -32,12 +61,13 @@ def error_response(status: int, message: str, *, type_: str | None = None, param
     return JSONResponse(err.to_dict(), status_code=status)
 
 
-async def read_body(request, limit: int) -> bytes:
+async def read_body(request, limit: int, timeout: float) -> bytes:
     """The request body, or ServingError 413 when it is larger than `limit` bytes.
 
     Args:
         request: a Starlette request.
         limit: max_body_bytes.
+        timeout: body_timeout, the longest wait for the next chunk (then ServingError 408).
     Returns:
         The body bytes.
     """
@@ -47,7 +77,15 @@ async def read_body(request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit * _DRAIN_FACTOR:
         raise too_large
     chunks, total = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise ServingError(408, f"the request body stalled for more than body_timeout={timeout:g} s",
+                               code="body_timeout") from None
         total += len(chunk)
         if total <= limit:
             chunks.append(chunk)
@@ -79,7 +117,7 @@ def build_router():
         """OpenAI's chat completions; the body is `ChatCompletionRequest` (read by hand so
         that its size is capped and every type error becomes an OpenAI error object)."""
         serving: OpenAIServingChat = raw_request.app.state.serving
-        body = await read_body(raw_request, serving.settings.max_body_bytes)
+        body = await read_body(raw_request, serving.settings.max_body_bytes, serving.settings.body_timeout)
         try:
             request = ChatCompletionRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -139,6 +177,13 @@ class _CatchAll:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = False
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            return message
 
         async def tracking_send(message):
             nonlocal started
@@ -147,7 +192,7 @@ class _CatchAll:
             await send(message)
 
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, counting_receive, tracking_send)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if type(exc).__name__ == "ClientDisconnect":
                 return
@@ -158,6 +203,9 @@ class _CatchAll:
                             "headers": [(b"content-type", b"application/json"),
                                         (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
+        finally:
+            if received > _TRIM_AFTER_BYTES:
+                give_memory_back()
 
 
 def create_app(model, tokenizer, *, model_name: str, settings: ServeSettings | None = None,

@@ -51,7 +51,8 @@ def _add_common(parser: argparse.ArgumentParser, port: int) -> None:
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         if kind is bool:
-            limits.add_argument(flag, action="store_true", default=f.default, help=f"(default {f.default})")
+            limits.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f"(default {f.default})")
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         limits.add_argument(flag, type=base, default=f.default, metavar=base.__name__.upper(),
@@ -97,9 +98,12 @@ def _run(args: argparse.Namespace, web: bool) -> int:
     where = f"http://{args.host}:{args.port}"
     print(f"[tilevl] {'chat page at ' + where + '/ and ' if web else ''}OpenAI API at {where}/v1 "
           f"(model id {app.state.serving.model_name!r})", file=sys.stderr)
-    # uvicorn's own limits come on top of ours: no keep-alive forever, bounded concurrency.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=30,
-                limit_concurrency=max(64, 4 * app.state.serving.settings.queue_size))
+    # Header timeout and connection cap under the app (see serve/connections.py).
+    from tilevl.serve.connections import uvicorn_config
+
+    config = uvicorn_config(app, app.state.serving.settings, host=args.host, port=args.port,
+                            log_level=args.log_level)
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -17,6 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from tilevl.chat.engine import left_pad
+from tilevl.serve.prefix_cache import PrefixCache, image_key, prompt_keys
 
 log = logging.getLogger("tilevl.serve")
 
@@ -57,6 +58,8 @@ class Work:
         params: sampling settings.
         on_update: called from the worker thread with this step's updates of this request.
         on_error: called from the worker thread with (status, message) when the engine fails.
+        image_tiles: tiles of each image, in slot order (None: one image holds all tiles).
+        image_keys: `prefix_cache.image_key` of each image (None: computed when needed).
     """
 
     prompt_ids: list[int]
@@ -66,6 +69,8 @@ class Work:
     on_update: Callable[[list[Update]], None]
     on_error: Callable[[int, str], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    image_tiles: list[int] | None = None
+    image_keys: list[bytes] | None = None
 
     def cancel(self) -> None:
         """Stop generating for this request (its rows leave the batch at the next step)."""
@@ -101,11 +106,13 @@ class BatchScheduler:
             is computed once and copied into every prompt that starts with it.
         max_prefill_tokens: prompt tokens prefilled between two decoding steps (at least one
             request is always admitted), so a burst does not stall running replies for long.
+        prefix_cache: KV of earlier prompts and image features to reuse (None: none kept).
     """
 
     def __init__(self, model, tokenizer, *, eos_ids: Sequence[int], text_stops: Sequence[str] = (),
                  pad_id: int, max_batch_size: int = 16, queue_size: int = 64,
-                 shared_prefix: Sequence[int] = (), max_prefill_tokens: int = 4096) -> None:
+                 shared_prefix: Sequence[int] = (), max_prefill_tokens: int = 4096,
+                 prefix_cache: PrefixCache | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = set(eos_ids)
         self.text_stops = tuple(s for s in text_stops if s)
@@ -114,6 +121,7 @@ class BatchScheduler:
         self.queue_size = queue_size
         self.shared_prefix = list(shared_prefix)
         self.max_prefill_tokens = max_prefill_tokens
+        self.prefix_cache = prefix_cache
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer [1, H, P, D]
         self._waiting: deque[Work] = deque()
         self._cond = threading.Condition()
@@ -212,7 +220,23 @@ class BatchScheduler:
                     self._reset_batch()
 
     def _prefill(self, works: list[Work]) -> None:
-        """Run the prompts of newly admitted work and merge their cache rows into the batch."""
+        """Run the prompts of newly admitted work and merge their cache rows into the batch.
+
+        With a prefix cache, a prompt that starts like an earlier one (of any request) is
+        prefilled alone from that prefix's KV; the others go the way below, together.
+        """
+        if self.prefix_cache is not None:
+            misses = []
+            for work in works:
+                match = self.prefix_cache.lookup(self._keys(work), len(work.prompt_ids) - 1)
+                if match.length:
+                    self._prefill_group([work], match.length, match.kv)
+                    self.stats["prefix_hits"] += 1  # as for the shared prefix: started from known KV
+                else:
+                    misses.append(work)
+            works = misses
+            if not works:
+                return
         prefix = self.shared_prefix
         shared = [w for w in works if prefix and len(w.prompt_ids) > len(prefix)
                   and w.prompt_ids[:len(prefix)] == prefix]
@@ -222,6 +246,56 @@ class BatchScheduler:
             self.stats["prefix_hits"] += len(shared)
         if others:
             self._prefill_group(others, 0)
+
+    # ---- the cross-request prefix cache ------------------------------------------------------
+    def _image_keys(self, work: Work) -> list[bytes]:
+        if work.image_keys is None:
+            work.image_keys = [image_key(t) for t in self._split_tiles(work)]
+        return work.image_keys
+
+    @staticmethod
+    def _split_tiles(work: Work) -> list[torch.Tensor]:
+        if work.tiles is None:
+            return []
+        return list(torch.split(work.tiles, work.image_tiles or [work.tiles.shape[0]]))
+
+    def _keys(self, work: Work):
+        """The prompt's cache keys (ids, each image slot standing for its image), computed once."""
+        keys = getattr(work, "_cache_keys", None)
+        if keys is None:
+            tokens = [t.shape[0] * self.model.num_image_token for t in self._split_tiles(work)]
+            keys = prompt_keys(work.prompt_ids, self.model.img_context_token_id, self._image_keys(work), tokens)
+            work._cache_keys = keys
+        return keys
+
+    def _cached_features(self, works: list[Work], skip: int) -> torch.Tensor | None:
+        """[1, N, H] visual tokens of the slots after the first `skip` ids of each work, with
+        each image through the vision tower only once across requests."""
+        parts = []
+        for work in works:
+            images = self._split_tiles(work)
+            if not images:
+                continue
+            done = sum(1 for t in work.prompt_ids[:skip] if t == self.model.img_context_token_id)
+            flat = []
+            for tiles, key in zip(images, self._image_keys(work)):
+                count = tiles.shape[0] * self.model.num_image_token
+                if done >= count:  # all its slots are in the reused prefix
+                    done -= count
+                    continue
+                features = self.prefix_cache.image_features(key, lambda t=tiles: self.model.extract_feature(t))
+                flat.append(features.reshape(-1, features.shape[-1])[done:])
+                done = 0
+            parts.extend(flat)
+        return torch.cat(parts)[None] if parts else None
+
+    def _remember(self, works: list[Work], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Keep each prompt's KV (its real columns only: no padding) for later requests."""
+        layers = _layers(cache)
+        for row, work in enumerate(works):
+            real = mask[row].bool()
+            kv = [(layer.keys[row:row + 1][:, :, real], layer.values[row:row + 1][:, :, real]) for layer in layers]
+            self.prefix_cache.insert(self._keys(work), kv)
 
     def _prefix_cache(self, rows: int) -> DynamicCache:
         """A cache holding the shared prefix for `rows` rows (computed on first use)."""
@@ -233,8 +307,10 @@ class BatchScheduler:
         return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
                                             for k, v in self._prefix_kv])
 
-    def _prefill_group(self, works: list[Work], skip: int) -> None:
-        """Prefill `works` whose first `skip` ids are the shared prefix (0: none).
+    def _prefill_group(self, works: list[Work], skip: int,
+                       prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Prefill `works` whose first `skip` ids are a prefix whose KV is known: the shared
+        system prefix, or `prefix_kv` (per layer [1, H, skip, D], one work) from the cache.
 
         The layout is [prefix | left padding | rest of the prompt]: padding in the middle is
         fine, as keys carry their position in RoPE, not their column, and the mask hides it.
@@ -243,16 +319,25 @@ class BatchScheduler:
         device = model.device
         ids, rest_mask = left_pad([w.prompt_ids[skip:] for w in works], self.pad_id)  # [k, R]
         ids, rest_mask = ids.to(device), rest_mask.to(device)
-        tiles = [w.tiles for w in works if w.tiles is not None]
-        # [T, tokens, H] for all tiles of the group, in row order = slot order of the batch
-        features = model.extract_feature(torch.cat(tiles)) if tiles else None
+        if self.prefix_cache is None:
+            tiles = [w.tiles for w in works if w.tiles is not None]
+            # [T, tokens, H] for all tiles of the group, in row order = slot order of the batch
+            features = model.extract_feature(torch.cat(tiles)) if tiles else None
+        else:
+            features = self._cached_features(works, skip)
         embeds = model.embed_inputs(ids, visual_features=features)
         positions = skip + (rest_mask.cumsum(-1) - 1).clamp(min=0)
         mask = torch.cat([torch.ones(len(works), skip, dtype=rest_mask.dtype, device=device), rest_mask], 1)
-        cache = self._prefix_cache(len(works)) if skip else DynamicCache()
+        if prefix_kv is not None:
+            cache = DynamicCache(ddp_cache_data=prefix_kv)
+        else:
+            cache = self._prefix_cache(len(works)) if skip else DynamicCache()
         out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                   cache=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].float()  # [k, V]
+        if self.prefix_cache is not None:
+            self._remember(works, out.past_key_values, mask)
+            self.prefix_cache.stats["prefilled_tokens"] += int(rest_mask.sum())
         # n > 1: every choice gets its own copy of the prompt's cache row.
         source = torch.repeat_interleave(torch.arange(len(works), device=device),
                                          torch.tensor([w.n for w in works], device=device))

@@ -29,6 +29,7 @@ from tilevl.serve.protocol import (
     ChatCompletionRequest, ChatCompletionResponse, ChatMessage, DeltaMessage, ImageContentPart,
     ModelCard, ModelList, UsageInfo, completion_id, now,
 )
+from tilevl.serve.prefix_cache import PrefixCache, TileMemo
 from tilevl.serve.scheduler import BatchScheduler, QueueFull, SamplingParams, Update, Work
 from tilevl.serve.settings import ServeSettings
 
@@ -38,7 +39,7 @@ log = logging.getLogger("tilevl.serve")
 class ServingError(Exception):
     """A request the server answers with an OpenAI error object (4xx: the client's fault)."""
 
-    TYPES = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
+    TYPES = {400: "invalid_request_error", 404: "not_found_error", 408: "timeout_error", 413: "invalid_request_error",
              429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
              504: "timeout_error"}
 
@@ -51,10 +52,28 @@ class ServingError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+# Text longer than this many characters per allowed prompt token is refused untokenized:
+# tokenizing 20 MB takes half a minute and 1.4 GB, only to learn that it cannot fit.
+CHARS_PER_TOKEN_BOUND = 16
+
+
+def count_text_chars(messages: list[ChatMessage]) -> int:
+    """Characters of text in all messages (image URLs are bounded by the image limits)."""
+    total = 0
+    for message in messages:
+        if isinstance(message.content, str):
+            total += len(message.content)
+        elif message.content:
+            total += sum(len(part.text) for part in message.content if not isinstance(part, ImageContentPart))
+    return total
+
+
 @dataclass
 class _Prepared:
     prompt_ids: list[int]
     tiles: torch.Tensor | None
+    image_tiles: list[int]
+    image_keys: list[bytes] | None
 
 
 def messages_to_conversation(messages: list[ChatMessage]) -> tuple[list[dict[str, str]], list[str]]:
@@ -127,13 +146,19 @@ class OpenAIServingChat:
         self.settings = settings or ServeSettings()
         self.template = model_template(model)
         self.max_model_len = int(getattr(model.language_model.config, "max_position_embeddings", 0) or 2**31)
+        self.max_prompt_tokens = min(self.settings.max_prompt_tokens, self.max_model_len - 1)
+        self.max_prompt_chars = self.settings.max_prompt_chars or CHARS_PER_TOKEN_BOUND * self.max_prompt_tokens
         image_max = model.image_settings.max_num
         self.max_tiles_per_image = min(self.settings.max_tiles_per_image or image_max, image_max * 4)
+        self.default_max_tiles = min(image_max, self.max_tiles_per_image)
+        self.prefix_cache = PrefixCache(int(self.settings.cache_gb * 2**30)) if self.settings.prefix_cache else None
+        self._tile_memo = TileMemo() if self.prefix_cache is not None else None
         self.scheduler = BatchScheduler(
             model, tokenizer, eos_ids=stop_token_ids(tokenizer, self.template),
             text_stops=self.template.stop_strings, pad_id=pad_id(tokenizer, self.template),
             max_batch_size=self.settings.max_batch_size, queue_size=self.settings.queue_size,
-            shared_prefix=self._system_prefix(), max_prefill_tokens=self.settings.max_prefill_tokens)
+            shared_prefix=self._system_prefix(), max_prefill_tokens=self.settings.max_prefill_tokens,
+            prefix_cache=self.prefix_cache)
         self._pool = ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="tilevl-prep")
         self._render_lock = threading.Lock()  # a fast tokenizer must not encode in two threads
         self._preparing = 0
@@ -156,8 +181,25 @@ class OpenAIServingChat:
         return ModelList(data=[ModelCard(id=self.model_name, max_model_len=self.max_model_len)])
 
     def health(self) -> dict:
+        """/health: the load, plus the limits and defaults a client (the chat page) fits itself to."""
         return {"status": "ok", "model": self.model_name, "waiting": self.scheduler.waiting,
-                "preparing": self._preparing, "running": self.scheduler.running}
+                "preparing": self._preparing, "running": self.scheduler.running,
+                "limits": self.limits(), "defaults": self.defaults(),
+                "prefix_cache": self.prefix_cache.summary() if self.prefix_cache else None}
+
+    def limits(self) -> dict:
+        """The largest values a request may use (a larger one is refused with a 400)."""
+        s = self.settings
+        return {"max_tiles_per_image": self.max_tiles_per_image, "max_images_per_request": s.max_images_per_request,
+                "max_total_tiles": s.max_total_tiles, "max_tokens": s.max_new_tokens_limit,
+                "max_prompt_tokens": self.max_prompt_tokens, "max_prompt_chars": self.max_prompt_chars,
+                "max_model_len": self.max_model_len, "max_n": min(s.max_n, s.max_batch_size),
+                "max_body_bytes": s.max_body_bytes}
+
+    def defaults(self) -> dict:
+        """What the server uses for a field a request leaves out."""
+        return {"max_tiles": self.default_max_tiles, "max_tokens": self.settings.max_new_tokens_limit,
+                "temperature": self.settings.default_temperature, "top_p": 1.0}
 
     # ---- the request path --------------------------------------------------------------------
     async def create_chat_completion(
@@ -173,6 +215,12 @@ class OpenAIServingChat:
         """
         deadline = time.monotonic() + self.settings.request_timeout
         self._check_request(request)
+        chars = count_text_chars(request.messages)
+        if chars > self.max_prompt_chars:
+            raise ServingError(400, f"the messages hold {chars} characters of text; the limit is "
+                               f"max_prompt_chars={self.max_prompt_chars} (the prompt may have at most "
+                               f"{self.max_prompt_tokens} tokens)", param="messages",
+                               code="context_length_exceeded")
         if self.scheduler.waiting + self._preparing >= self.settings.queue_size:
             raise ServingError(429, f"the server is busy ({self.settings.queue_size} requests queued); "
                                "retry later", code="queue_full")
@@ -195,7 +243,8 @@ class OpenAIServingChat:
             def on_error(status: int, message: str) -> None:
                 loop.call_soon_threadsafe(events.put_nowait, ("error", status, message))
 
-            work = Work(prepared.prompt_ids, prepared.tiles, request.n, params, on_update, on_error)
+            work = Work(prepared.prompt_ids, prepared.tiles, request.n, params, on_update, on_error,
+                        image_tiles=prepared.image_tiles, image_keys=prepared.image_keys)
             try:
                 self.scheduler.submit(work)
             except QueueFull as exc:
@@ -304,17 +353,25 @@ class OpenAIServingChat:
     def _prepare(self, conversation, sources, request: ChatCompletionRequest) -> _Prepared:
         """Decode and tile the images, render the prompt (runs in the preprocessing pool)."""
         settings, image_settings = self.settings, self.model.image_settings
-        max_tiles = request.max_tiles or min(image_settings.max_num, self.max_tiles_per_image)
-        tiles, patches = [], []
+        max_tiles = request.max_tiles or self.default_max_tiles
+        tiles, patches, keys = [], [], []
+
+        def make_tiles(source) -> torch.Tensor:
+            image = load_image(source, max_pixels=settings.max_image_pixels)
+            ratio = max(image.size) / min(image.size)
+            if ratio > settings.max_image_aspect_ratio:
+                raise InputError(f"the image is {image.size[0]}×{image.size[1]}, an aspect ratio of "
+                                 f"{ratio:.0f}; the limit is max_image_aspect_ratio="
+                                 f"{settings.max_image_aspect_ratio:g}")
+            return preprocess(image, image_settings, max_num=max_tiles)
+
         for k, source in enumerate(sources):
             try:
-                image = load_image(source, max_pixels=settings.max_image_pixels)
-                ratio = max(image.size) / min(image.size)
-                if ratio > settings.max_image_aspect_ratio:
-                    raise InputError(f"the image is {image.size[0]}×{image.size[1]}, an aspect ratio of "
-                                     f"{ratio:.0f}; the limit is max_image_aspect_ratio="
-                                     f"{settings.max_image_aspect_ratio:g}")
-                t = preprocess(image, image_settings, max_num=max_tiles)
+                if self._tile_memo is None:
+                    t = make_tiles(source)
+                else:  # with the prefix cache: each image is keyed, and a resent one is not redone
+                    t, key = self._tile_memo.tiles(source, max_tiles, lambda s=source: make_tiles(s))
+                    keys.append(key)
             except InputError as exc:
                 raise ServingError(400, f"image {k}: {exc}", param="messages", code="invalid_image") from None
             tiles.append(t)
@@ -329,11 +386,12 @@ class OpenAIServingChat:
                                   num_image_token=self.model.num_image_token, add_generation_prompt=True)
         except InputError as exc:
             raise ServingError(400, str(exc), param="messages") from None
-        limit = min(settings.max_prompt_tokens, self.max_model_len - 1)
+        limit = self.max_prompt_tokens
         if len(rendered.input_ids) > limit:
             raise ServingError(400, f"the prompt is {len(rendered.input_ids)} tokens (images included); "
                                f"the limit is {limit}", param="messages", code="context_length_exceeded")
-        return _Prepared(rendered.input_ids, torch.cat(tiles) if tiles else None)
+        return _Prepared(rendered.input_ids, torch.cat(tiles) if tiles else None, patches,
+                         keys if self._tile_memo is not None else None)
 
     def _sampling(self, request: ChatCompletionRequest, prompt_tokens: int) -> SamplingParams:
         room = self.max_model_len - prompt_tokens

@@ -21,6 +21,9 @@ class ServeSettings:
         max_image_aspect_ratio: longer side / shorter side of one image (a 1×100000 strip
             has no content a tile could show; Qwen2-VL's processor refuses > 200 too).
         max_prompt_tokens: rendered prompt tokens, image tokens included.
+        max_prompt_chars: characters of text in all messages, checked before tokenizing
+            (None: 16 × the prompt token limit; a token rarely spans more than 16 characters,
+            so only text that could never fit is refused without being tokenized).
         max_new_tokens_limit: the largest `max_tokens` accepted; also the default.
         max_n: the largest `n`.
         queue_size: requests waiting for the model (or being prepared); more answer 429.
@@ -33,6 +36,15 @@ class ServeSettings:
         remote_image_max_bytes: largest remote image download.
         remote_image_timeout: seconds for one remote image download.
         preprocess_workers: threads that decode and tile images.
+        header_timeout: seconds a connection may take to send a complete request head,
+            counted from connecting or from its previous response (so also the keep-alive
+            limit); then it is closed (408 when a head was under way).
+        body_timeout: seconds a request body may stall between two chunks; then 408.
+        max_connections: open connections; when full, the one waiting longest for headers is
+            closed for a newcomer, and if every one is inside a request, new requests get 503.
+        prefix_cache: keep the KV of earlier prompts and the features of earlier images, and
+            reuse them for any request that starts the same way (`--no-prefix-cache`: off).
+        cache_gb: memory budget of the prefix cache in GiB (least recently used goes first).
     """
 
     max_body_bytes: int = 32 * 2**20
@@ -42,6 +54,7 @@ class ServeSettings:
     max_image_pixels: int = 50_000_000
     max_image_aspect_ratio: float = 200.0
     max_prompt_tokens: int = 16384
+    max_prompt_chars: int | None = None
     max_new_tokens_limit: int = 2048
     max_n: int = 8
     queue_size: int = 256
@@ -54,3 +67,8 @@ class ServeSettings:
     remote_image_max_bytes: int = 20 * 2**20
     remote_image_timeout: float = 10.0
     preprocess_workers: int = 4
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 1024
+    prefix_cache: bool = True
+    cache_gb: float = 2.0

@@ -1,9 +1,12 @@
 // tilevl chat page: keeps the conversation as OpenAI messages and streams replies from
-// /v1/chat/completions (stream=true), the same endpoint any OpenAI client uses.
+// /v1/chat/completions (stream=true), the same endpoint any OpenAI client uses. The rules
+// without a DOM (limits, request, history) are in chat_core.js.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, history: [], images: [], controller: null };
+const core = window.chatCore;
+const state = { model: null, history: [], images: [], controller: null, settings: core.pageSettings(null),
+                conversation: 0 };  // conversation: bumped by Clear, so a late turn lands nowhere
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -50,25 +53,26 @@ async function onImagesChosen() {
   setStatus(state.images.length + " image(s) will go with the next message");
 }
 
-function numberOr(id, fallback) {
-  const v = parseFloat($(id).value);
-  return Number.isFinite(v) ? v : fallback;
+function formValues() {
+  return { system: $("system").value, maxTokens: $("max-tokens").value, temperature: $("temperature").value,
+           topP: $("top-p").value, maxTiles: $("max-tiles").value };
 }
 
-function buildRequest() {
-  const messages = [];
-  const system = $("system").value.trim();
-  if (system) messages.push({ role: "system", content: system });
-  return {
-    model: state.model,
-    messages: messages.concat(state.history),
-    stream: true,
-    stream_options: { include_usage: true },
-    max_tokens: Math.max(1, Math.round(numberOr("max-tokens", 256))),
-    temperature: numberOr("temperature", 0),
-    top_p: numberOr("top-p", 1),
-    max_tiles: Math.max(1, Math.round(numberOr("max-tiles", 6))),  // tilevl's extension
-  };
+function buildRequest(history) {
+  return core.buildRequest(state.model, history, formValues(), state.settings);
+}
+
+// Bounds and start values of the settings fields, from the server's /health.
+function applySettings(settings) {
+  state.settings = settings;
+  const fields = { "max-tiles": settings.maxTiles, "max-tokens": settings.maxTokens,
+                   "temperature": settings.temperature, "top-p": settings.topP };
+  for (const [id, bound] of Object.entries(fields)) {
+    const input = $(id);
+    input.value = bound.value;
+    if (bound.min != null) input.min = bound.min;
+    if (bound.max != null) input.max = bound.max; else input.removeAttribute("max");
+  }
 }
 
 // Parse server-sent events from a fetch body; calls onData with each JSON payload.
@@ -101,8 +105,9 @@ async function send(event) {
   if (state.controller) return;  // one reply at a time
   const content = state.images.map((url) => ({ type: "image_url", image_url: { url } }));
   if (text) content.push({ type: "text", text });
-  addMessage("user", text, state.images);
-  state.history.push({ role: "user", content });
+  const userBubble = addMessage("user", text, state.images);
+  const userMessage = { role: "user", content };
+  const conversation = state.conversation;
   state.images = [];
   $("previews").textContent = "";
   $("prompt").value = "";
@@ -119,7 +124,7 @@ async function send(event) {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(buildRequest()),
+      body: JSON.stringify(buildRequest(state.history.concat([userMessage]))),
       signal: state.controller.signal,
     });
     if (!response.ok) {
@@ -145,12 +150,19 @@ async function send(event) {
     bubble.dataset.state = err.name === "AbortError" ? "stopped" : "error";
     if (err.name !== "AbortError") {
       bubble.classList.add("error");
-      out.textContent = (reply ? reply + "\n" : "") + "Error: " + err.message;
+      out.textContent = (reply ? reply + "\n" : "") + "Error: " + err.message +
+        " (this turn is left out of the conversation)";
+      userBubble.dataset.state = "failed";
+      userBubble.classList.add("failed");
+      if (!$("prompt").value) $("prompt").value = text;  // to edit and send again
     }
     setStatus(err.name === "AbortError" ? "stopped" : "error");
   } finally {
-    // The reply (even a partial one) stays in the history, so the next turn follows it.
-    state.history.push({ role: "assistant", content: reply });
+    // A stopped reply (even a partial one) stays, so the next turn follows it; a failed
+    // turn is dropped, so a bad image cannot break every later message.
+    if (conversation === state.conversation) {
+      state.history = core.afterTurn(state.history, userMessage, reply, bubble.dataset.state);
+    }
     state.controller = null;
     $("send").disabled = false;
     $("stop").disabled = true;
@@ -159,6 +171,7 @@ async function send(event) {
 
 function clearChat() {
   if (state.controller) state.controller.abort();
+  state.conversation += 1;
   state.history = [];
   state.images = [];
   $("log").textContent = "";
@@ -175,6 +188,8 @@ async function init() {
     if (e.key === "Enter" && !e.shiftKey) send(e);
   });
   try {
+    const health = await (await fetch("/health")).json();
+    applySettings(core.pageSettings(health));
     const models = await (await fetch("/v1/models")).json();
     state.model = models.data[0].id;
     $("model-name").textContent = state.model;
