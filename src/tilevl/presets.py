@@ -814,9 +814,9 @@ def count_llm_parameters(llm: dict) -> int:
     elif model_type == "internlm2" or arch == "InternLM2ForCausalLM":
         qkv_bias = o_bias = mlp_bias = bool(llm.get("bias", False))
     elif model_type == "internlm3" or arch == "InternLM3ForCausalLM":
-        qkv_bias = bool(llm.get("qkv_bias", llm.get("attention_bias", False)))
-        o_bias = bool(llm.get("bias", llm.get("attention_bias", False)))
-        mlp_bias = False
+        # transformers reads InternLM3's qkv_bias as attention_bias (q/k/v/o), bias as mlp_bias
+        qkv_bias = o_bias = bool(llm.get("qkv_bias", llm.get("attention_bias", False)))
+        mlp_bias = bool(llm.get("bias", llm.get("mlp_bias", False)))
     elif model_type in ("llama", "phi3") or arch in ("LlamaForCausalLM", "Phi3ForCausalLM"):
         qkv_bias = o_bias = bool(llm.get("attention_bias", False))
         mlp_bias = bool(llm.get("mlp_bias", False))
