@@ -611,6 +611,23 @@ PRESETS: dict[str, dict] = {
         _qwen2("tiny", hidden=64, inter=128, layers=2, heads=4, kv_heads=2, vocab=512,
                eos=2) | {"bos_token_id": 1, "max_position_embeddings": 2048},
         template="Hermes-2", max_patch=6),
+    # tiny-qwen3 / tiny-qwen3-moe: `tiny` with the InternVL3.5 LLM kinds (head_dim 16, q/k
+    # RMSNorm; the MoE with 4 experts of width 32, top-2), for the CLI tests of the new families.
+    "tiny-qwen3": _chat(
+        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+        _qwen3("tiny-qwen3", hidden=64, inter=128, layers=2, heads=4, kv_heads=2)
+        | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
+           "max_position_embeddings": 2048},
+        template="Hermes-2", max_patch=6),
+    "tiny-qwen3-moe": _chat(
+        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+        _qwen3_moe("tiny-qwen3-moe", hidden=64, inter=128, moe_inter=32, layers=2, heads=4,
+                   kv_heads=2, experts=4, top_k=2)
+        | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
+           "max_position_embeddings": 2048},
+        template="Hermes-2", max_patch=6),
     # small: 224 px / patch 14 -> 16x16 grid -> 64 tokens per tile; vision 6 layers width 256
     # (4 heads), Qwen2 4 layers width 512 (8/2 heads), vocab 4096: 7 tiles + prompt run well
     # under a second on CPU, so benchmarks measure the pipeline and not the network.
@@ -636,7 +653,7 @@ PRESETS: dict[str, dict] = {
 }
 
 # The made-up presets; every other preset stands for a published checkpoint.
-SYNTHETIC_PRESETS = ("tiny", "small", "tilevl-tiny")
+SYNTHETIC_PRESETS = ("tiny", "tiny-qwen3", "tiny-qwen3-moe", "small", "tilevl-tiny")
 
 # Published total parameter counts.  "HF" = the safetensors "Model size" figure on the
 # checkpoint's Hugging Face page (computed from the stored tensors, shown to 3 significant
