@@ -111,8 +111,11 @@ def test_minibench_generate_then_eval_on_it(tmp_path, capsys, checkpoint):
 
 
 
-# ---- every verb on the InternVL3.5 LLM kinds: Qwen3 dense and Qwen3-MoE ---------------------------
-NEW_FAMILIES = ["tiny-qwen3", "tiny-qwen3-moe"]
+# ---- every verb on the InternVL3.5 LLM kinds: Qwen3 dense, Qwen3-MoE and GPT-OSS -----------------
+NEW_FAMILIES = ["tiny-qwen3", "tiny-qwen3-moe", "tiny-gpt-oss"]
+_ARCH = {"tiny-qwen3": "Qwen3ForCausalLM", "tiny-qwen3-moe": "Qwen3MoeForCausalLM",
+         "tiny-gpt-oss": "GptOssForCausalLM"}
+_MODEL_TYPE = {"tiny-qwen3": "qwen3", "tiny-qwen3-moe": "qwen3_moe", "tiny-gpt-oss": "gpt_oss"}
 
 
 @pytest.fixture(scope="module", params=NEW_FAMILIES)
@@ -134,7 +137,7 @@ def test_new_family_info_chat_convert(capsys, tmp_path, family_checkpoint):
     from PIL import Image
 
     family, ckpt = family_checkpoint
-    arch = "Qwen3MoeForCausalLM" if family.endswith("moe") else "Qwen3ForCausalLM"
+    arch = _ARCH[family]
     assert main(["info", str(ckpt)]) == 0
     assert f"llm: {arch}" in capsys.readouterr().out
     assert main(["info"]) == 0
@@ -147,7 +150,7 @@ def test_new_family_info_chat_convert(capsys, tmp_path, family_checkpoint):
 
     assert main(["convert", str(ckpt), str(tmp_path / "native"), "--layout", "native"]) == 0
     native = json.loads((tmp_path / "native" / "config.json").read_text())
-    assert native["text_config"]["model_type"] == arch.removesuffix("ForCausalLM").lower().replace("moe", "_moe")
+    assert native["text_config"]["model_type"] == _MODEL_TYPE[family]
     assert main(["convert", str(tmp_path / "native"), str(tmp_path / "back"), "--layout", "official"]) == 0
     a, b = tilevl.load_model(ckpt), tilevl.load_model(tmp_path / "back")
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -167,6 +170,8 @@ def test_new_family_train_full_and_lora_then_merge(tmp_path, family_checkpoint, 
     base = tilevl.load_model(ckpt)
     moved = [n for n, p in full.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert any(".mlp.experts." in n or ".mlp.up_proj" in n for n in moved)  # the FFN trained too
+    if family == "tiny-gpt-oss":
+        assert any(n.endswith("self_attn.sinks") for n in moved)
 
     for run in ("lora1", "lora2"):
         assert main(["train", str(CONFIG), *common, "--output_dir", str(tmp_path / run), "--use_llm_lora", "4",
@@ -177,7 +182,7 @@ def test_new_family_train_full_and_lora_then_merge(tmp_path, family_checkpoint, 
     merged = tilevl.load_model(tmp_path / "merged")
     changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
     assert changed and all(".self_attn." in n or ".mlp." in n for n in changed)
-    if family.endswith("moe"):  # the default LoRA targets of a MoE LLM: attention only
+    if family != "tiny-qwen3":  # the default LoRA targets of a MoE LLM: attention only
         assert all(".self_attn." in n for n in changed)
     assert main(["merge", "--base", str(ckpt), "--adapters", str(tmp_path / "lora1" / "adapter"),
                  str(tmp_path / "lora2" / "adapter"), "--out", str(tmp_path / "ties")]) == 0

@@ -628,6 +628,21 @@ PRESETS: dict[str, dict] = {
         | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
            "max_position_embeddings": 2048},
         template="Hermes-2", max_patch=6),
+    # tiny-gpt-oss: `tiny` with a GPT-OSS LLM (4 experts top-2, sinks, layers alternating an
+    # 8-token sliding window and full attention, so chats longer than 8 tokens use both).
+    "tiny-gpt-oss": _chat(
+        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+        _gpt_oss_20b() | {
+            "_name_or_path": "tiny-gpt-oss", "hidden_size": 64, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 512,
+            "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+            "max_position_embeddings": 2048, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                             "beta_slow": 1.0, "truncate": False,
+                             "original_max_position_embeddings": 512}},
+        template="Hermes-2", max_patch=6),
     # small: 224 px / patch 14 -> 16x16 grid -> 64 tokens per tile; vision 6 layers width 256
     # (4 heads), Qwen2 4 layers width 512 (8/2 heads), vocab 4096: 7 tiles + prompt run well
     # under a second on CPU, so benchmarks measure the pipeline and not the network.
@@ -653,7 +668,7 @@ PRESETS: dict[str, dict] = {
 }
 
 # The made-up presets; every other preset stands for a published checkpoint.
-SYNTHETIC_PRESETS = ("tiny", "tiny-qwen3", "tiny-qwen3-moe", "small", "tilevl-tiny")
+SYNTHETIC_PRESETS = ("tiny", "tiny-qwen3", "tiny-qwen3-moe", "tiny-gpt-oss", "small", "tilevl-tiny")
 
 # Published total parameter counts.  "HF" = the safetensors "Model size" figure on the
 # checkpoint's Hugging Face page (computed from the stored tensors, shown to 3 significant
