@@ -142,3 +142,110 @@ def test_repl_checks_images_at_once_and_refuses_unknown_commands(monkeypatch, ca
     assert f"no such file {tmp_path / 'gone.png'}" in err and "notes.txt" in err
     assert "/image needs a PATH" in err
     assert "unknown command /imag;" in err and "unknown command /help;" in err
+
+
+# ---- every verb on the InternVL3.5 LLM kinds: Qwen3 dense, Qwen3-MoE and GPT-OSS -----------------
+NEW_FAMILIES = ["tiny-qwen3", "tiny-qwen3-moe", "tiny-gpt-oss"]
+_ARCH = {"tiny-qwen3": "Qwen3ForCausalLM", "tiny-qwen3-moe": "Qwen3MoeForCausalLM",
+         "tiny-gpt-oss": "GptOssForCausalLM"}
+_MODEL_TYPE = {"tiny-qwen3": "qwen3", "tiny-qwen3-moe": "qwen3_moe", "tiny-gpt-oss": "gpt_oss"}
+
+
+@pytest.fixture(scope="module", params=NEW_FAMILIES)
+def family_checkpoint(request, tmp_path_factory, tokenizer):
+    out = tmp_path_factory.mktemp(request.param) / "ckpt"
+    model = tilevl.build_model(request.param, seed=0)
+    model.img_context_token_id = img_context_token_id(tokenizer)
+    tilevl.save_model(model, out, tokenizer=tokenizer)
+    return request.param, out
+
+
+def _colour_data(root):
+    from tests.train._colours import write_colour_set
+
+    return write_colour_set(root)
+
+
+def test_new_family_info_chat_convert(capsys, tmp_path, family_checkpoint):
+    from PIL import Image
+
+    family, ckpt = family_checkpoint
+    arch = _ARCH[family]
+    assert main(["info", str(ckpt)]) == 0
+    assert f"llm: {arch}" in capsys.readouterr().out
+    assert main(["info"]) == 0
+    listing = capsys.readouterr().out
+    assert "internvl3_5-30b-a3b" in listing and "internvl3-9b" in listing
+
+    Image.new("RGB", (100, 60), "red").save(tmp_path / "red.png")
+    args = ["chat", str(ckpt), "--image", str(tmp_path / "red.png"), "--max-new-tokens", "5", "What is this?"]
+    assert main(args) == 0 and capsys.readouterr().out.startswith("assistant> ")
+
+    assert main(["convert", str(ckpt), str(tmp_path / "native"), "--layout", "native"]) == 0
+    native = json.loads((tmp_path / "native" / "config.json").read_text())
+    assert native["text_config"]["model_type"] == _MODEL_TYPE[family]
+    assert main(["convert", str(tmp_path / "native"), str(tmp_path / "back"), "--layout", "official"]) == 0
+    a, b = tilevl.load_model(ckpt), tilevl.load_model(tmp_path / "back")
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), name
+
+
+def test_new_family_train_full_and_lora_then_merge(tmp_path, family_checkpoint, one_thread):
+    """train (full, LoRA) → merge-lora → merge (TIES) → eval, each through `tilevl ...`."""
+    from tests.train._colours import CONFIG
+
+    family, ckpt = family_checkpoint
+    meta = _colour_data(tmp_path / "data")
+    common = ["--model", str(ckpt), "--meta_path", str(meta), "--max_steps", "2",
+              "--per_device_train_batch_size", "4"]
+    assert main(["train", str(CONFIG), *common, "--output_dir", str(tmp_path / "full")]) == 0
+    full = tilevl.load_model(tmp_path / "full" / "model")
+    base = tilevl.load_model(ckpt)
+    moved = [n for n, p in full.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert any(".mlp.experts." in n or ".mlp.up_proj" in n for n in moved)  # the FFN trained too
+    if family == "tiny-gpt-oss":
+        assert any(n.endswith("self_attn.sinks") for n in moved)
+
+    for run in ("lora1", "lora2"):
+        assert main(["train", str(CONFIG), *common, "--output_dir", str(tmp_path / run), "--use_llm_lora", "4",
+                     "--freeze_backbone", "true", "--freeze_mlp", "true", "--learning_rate", "0.05",
+                     "--seed", "1" if run == "lora1" else "2"]) == 0
+        assert (tmp_path / run / "adapter" / "adapter_config.json").exists()
+    assert main(["merge-lora", str(ckpt), str(tmp_path / "lora1" / "adapter"), str(tmp_path / "merged")]) == 0
+    merged = tilevl.load_model(tmp_path / "merged")
+    changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all(".self_attn." in n or ".mlp." in n for n in changed)
+    if family != "tiny-qwen3":  # the default LoRA targets of a MoE LLM: attention only
+        assert all(".self_attn." in n for n in changed)
+    assert main(["merge", "--base", str(ckpt), "--adapters", str(tmp_path / "lora1" / "adapter"),
+                 str(tmp_path / "lora2" / "adapter"), "--out", str(tmp_path / "ties")]) == 0
+    assert tilevl.load_model(tmp_path / "ties").config.llm["model_type"] == base.config.llm["model_type"]
+
+    assert main(["minibench", "generate", str(tmp_path / "mb"), "--size", "8", "--seed", "3", "--no-progress"]) == 0
+    assert main(["eval", str(tmp_path / "ties"), "--bench", "minibench", "--data", str(tmp_path / "mb" / "dev" / "mcq.tsv"),
+                 "--out", str(tmp_path / "ev"), "--batch-size", "4", "--max-new-tokens", "3", "--no-progress",
+                 "--limit", "4"]) == 0
+    assert (tmp_path / "ev" / "results.json").exists()
+
+
+def test_new_family_serve_and_web_apps(family_checkpoint):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from tilevl.serve.commands import add_serve_parsers, build_app_from_args
+
+    family, ckpt = family_checkpoint
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="tilevl")
+    add_serve_parsers(parser.add_subparsers(dest="command"))
+    for verb in ("serve", "web"):
+        app = build_app_from_args(parser.parse_args([verb, str(ckpt)]), web=verb == "web")
+        with TestClient(app) as client:
+            reply = client.post("/v1/chat/completions", json={
+                "model": "ckpt", "max_tokens": 4, "temperature": 0,
+                "messages": [{"role": "user", "content": "Hello"}]})
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+            if verb == "web":
+                assert client.get("/").status_code == 200

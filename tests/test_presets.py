@@ -43,6 +43,10 @@ LLM_ARCHS = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Phi3ForCausalLM": "phi3",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "GptOssForCausalLM": "gpt_oss",
+    "InternLM3ForCausalLM": "internlm3",
 }
 
 
@@ -139,6 +143,29 @@ def test_get_preset_is_a_deep_copy_and_case_insensitive():
     assert PRESETS["internvl2-1b"]["vision_config"]["image_size"] == 448
 
 
+@pytest.mark.parametrize("spelling", ["OpenGVLab/InternVL3_5-8B", "InternVL3.5-8B", "internvl3_5-8b-hf",
+                                      "InternVL3_5-8B-MPO-HF", "InternVL3_5-8B-Instruct",
+                                      "internvl3_5-8b-pretrained"])
+def test_published_spellings_name_the_same_preset(spelling):
+    assert get_preset(spelling) == get_preset("internvl3_5-8b")
+
+
+def test_gpt_oss_preset_answers_to_its_short_names():
+    for spelling in ("InternVL3_5-20B-A4B", "InternVL3_5-GPT-OSS-20B-A4B-Preview-HF"):
+        assert get_preset(spelling)["llm_config"]["model_type"] == "gpt_oss"
+
+
+def test_every_internvl3_and_3_5_size_has_a_preset():
+    sizes3 = ["1b", "2b", "8b", "9b", "14b", "38b", "78b"]
+    sizes35 = ["1b", "2b", "4b", "8b", "14b", "38b", "30b-a3b", "241b-a28b", "gpt-oss-20b-a4b-preview"]
+    names = [f"internvl3-{s}" for s in sizes3] + [f"internvl3_5-{s}" for s in sizes35]
+    assert set(names) <= set(PRESETS)
+    moe = get_preset("internvl3_5-30b-a3b")["llm_config"]
+    assert (moe["num_experts"], moe["num_experts_per_tok"]) == (128, 8)
+    assert get_preset("internvl3_5-gpt-oss-20b-a4b-preview")["template"] == "internvl3_5_gpt_oss"
+    assert get_preset("internvl3-9b")["llm_config"]["model_type"] == "internlm3"
+
+
 def test_unknown_name_lists_known_names():
     with pytest.raises(ConfigError) as info:
         get_preset("internvl9-7b")
@@ -188,13 +215,17 @@ def test_vision_and_projector_counts_match_built_modules(name):
 
 
 @pytest.mark.parametrize("name", ["tiny", "internvl2-1b", "internvl2_5-4b", "internvl2-4b",
-                                  "internvl-chat-v1-2"])
+                                  "internvl-chat-v1-2", "internvl3-2b", "internvl3-9b",
+                                  "internvl3_5-1b", "internvl3_5-8b", "internvl3_5-30b-a3b",
+                                  "internvl3_5-241b-a28b", "internvl3_5-gpt-oss-20b-a4b-preview"])
 def test_llm_count_matches_transformers(name):
-    # transformers has no native InternLM2, so only Qwen2 / Llama / Phi-3 are checked here.
+    # transformers has no native InternLM2, so every other LLM kind is checked here.
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     llm = get_preset(name)["llm_config"]
     kwargs = {k: v for k, v in llm.items() if k not in ("model_type", "architectures", "_name_or_path")}
+    if llm["model_type"] == "internlm3":  # InternLM3's own bias names → transformers' one flag
+        kwargs["attention_bias"] = kwargs.pop("qkv_bias") or kwargs.pop("bias")
     if kwargs.get("rope_scaling") and kwargs["rope_scaling"].get("type") == "su":
         # transformers>=5 validates "su" before renaming it to "longrope"; same rope either way
         kwargs["rope_scaling"] = {**kwargs["rope_scaling"], "type": "longrope"}

@@ -258,6 +258,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from tilevl.config import ModelConfig
     from tilevl.presets import count_parameters
 
+    if args.model is None:
+        return _list_presets()
     if Path(args.model).is_dir():
         config, layout = read_config(args.model)
     else:
@@ -271,6 +273,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"tiling: dynamic={config.dynamic_image_size}, tiles {config.min_dynamic_patch}-"
           f"{config.max_dynamic_patch}, thumbnail={config.use_thumbnail}")
     print(f"parameters: {count_parameters(config.to_dict()):,}")
+    return 0
+
+
+def _list_presets() -> int:
+    """`tilevl info` with no MODEL: every preset with its LLM, template and size."""
+    from tilevl.presets import SYNTHETIC_PRESETS, count_parameters, get_preset, preset_names
+
+    print(f"{'preset':38s} {'llm':22s} {'template':20s} {'parameters':>17s}")
+    for name in preset_names():
+        cfg = get_preset(name)
+        arch = (cfg["llm_config"].get("architectures") or ["?"])[0].removesuffix("ForCausalLM")
+        note = "  (made-up size)" if name in SYNTHETIC_PRESETS else ""
+        print(f"{name:38s} {arch:22s} {cfg['template']:20s} {count_parameters(cfg):>17,d}{note}")
     return 0
 
 
@@ -314,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("info", help="describe a checkpoint or preset")
-    p.add_argument("model")
+    p = sub.add_parser("info", help="describe a checkpoint or preset (no MODEL: list the presets)")
+    p.add_argument("model", nargs="?", default=None)
     p.set_defaults(func=cmd_info)
 
     # Each feature package owns its subcommands' arguments.

@@ -254,6 +254,126 @@ def _phi3_mini_128k() -> dict:
     }
 
 
+def _qwen25(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
+            kv_heads: int) -> dict:
+    """A Qwen2.5 llm_config as InternVL 2.5/3 ship it: vocab 151674 (151665 + InternVL's 9),
+    dynamic rope factor 2.0, untied head (see the InternVL3-1B config dump)."""
+    return _qwen2(name_or_path, hidden=hidden, inter=inter, layers=layers, heads=heads,
+                  kv_heads=kv_heads, vocab=151674,
+                  rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"})
+
+
+def _internlm3_8b() -> dict:
+    """internlm/internlm3-8b-instruct llm_config (InternLM3ForCausalLM: Llama-style q/k/v/o and
+    gate/up/down keys, GQA 32/2, head_dim 128, dynamic rope factor 6.0, no bias).  Shape per
+    its published config.json; transformers has InternLM3 natively (models/internlm3)."""
+    return {
+        "_name_or_path": "internlm/internlm3-8b-instruct",
+        "architectures": ["InternLM3ForCausalLM"],
+        "model_type": "internlm3",
+        "hidden_size": 4096,
+        "intermediate_size": 10240,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 2,
+        "head_dim": 128,
+        "vocab_size": 128512,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 50000000,
+        "rope_scaling": {"factor": 6.0, "rope_type": "dynamic"},
+        "qkv_bias": False,
+        "bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+    }
+
+
+def _qwen3(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
+           kv_heads: int) -> dict:
+    """A Qwen3 dense llm_config (Qwen3ForCausalLM: head_dim 128, q/k RMSNorm, no bias, vocab
+    151936 — Qwen3's padded vocab already has room for InternVL's 9 tokens).  InternVL3.5
+    unties the head even where the base ties it (0.6B/1.7B/4B): the published totals (1.06B,
+    2.35B, 4.73B) are only reached with a separate head."""
+    return {
+        "_name_or_path": name_or_path,
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "hidden_act": "silu",
+        "max_position_embeddings": 40960,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000,
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+    }
+
+
+def _qwen3_moe(name_or_path: str, *, hidden: int, inter: int, moe_inter: int, layers: int,
+               heads: int, kv_heads: int, experts: int = 128, top_k: int = 8) -> dict:
+    """A Qwen3-MoE llm_config (Qwen3MoeForCausalLM: every layer sparse, 128 experts, top-8,
+    normalised top-k weights, head_dim 128, untied head)."""
+    return _qwen3(name_or_path, hidden=hidden, inter=inter, layers=layers, heads=heads,
+                  kv_heads=kv_heads) | {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        "moe_intermediate_size": moe_inter,
+        "num_experts": experts,
+        "num_experts_per_tok": top_k,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "router_aux_loss_coef": 0.001,
+    }
+
+
+def _gpt_oss_20b() -> dict:
+    """openai/gpt-oss-20b llm_config (GptOssForCausalLM: 24 layers alternating 128-token
+    sliding and full attention, 64/8 heads of 64, a learned sink logit per head, biases on
+    q/k/v/o, 32 experts top-4 with biases, YaRN rope x32 from 4096).  Per its config.json;
+    InternVL3.5-GPT-OSS keeps the experts in bf16 (the release's MXFP4 is not used)."""
+    return {
+        "_name_or_path": "openai/gpt-oss-20b",
+        "architectures": ["GptOssForCausalLM"],
+        "model_type": "gpt_oss",
+        "hidden_size": 2880,
+        "intermediate_size": 2880,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "num_local_experts": 32,
+        "num_experts_per_tok": 4,
+        "vocab_size": 201088,
+        "hidden_act": "silu",
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 150000,
+        "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "truncate": False, "original_max_position_embeddings": 4096},
+        "sliding_window": 128,
+        "layer_types": ["sliding_attention", "full_attention"] * 12,
+        "attention_bias": True,
+        "swiglu_limit": 7.0,
+        "router_aux_loss_coef": 0.9,
+        "tie_word_embeddings": False,
+        "eos_token_id": 200002,
+        "pad_token_id": 199999,
+    }
+
+
 def _chat(vision: dict, llm: dict, *, template: str, ps_version: str = "v2",
           dynamic: bool = True, max_patch: int = 12, thumbnail: bool | None = None,
           force_image_size: int | None = None, downsample_ratio: float = 0.5) -> dict:
@@ -406,6 +526,81 @@ PRESETS: dict[str, dict] = {
                kv_heads=8, vocab=151674,
                rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
+    # ---- InternVL3 (Apr 2025): InternViT-300M/6B-448px-V2_5, template "internvl2_5" (the
+    # config field of every InternVL3 checkpoint; the repo's internvl3.0 fine-tune scripts use
+    # conv_style internvl2_5).  Model/LLM pairs from the InternVL3 model cards' table:
+    # 1B Qwen2.5-0.5B, 2B Qwen2.5-1.5B, 8B Qwen2.5-7B, 9B InternLM3-8B-Instruct, 14B Qwen2.5-14B,
+    # 38B Qwen2.5-32B, 78B Qwen2.5-72B.  Qwen2.5 shapes per their published config.json files
+    # (per published base); the 1B block verified against the InternVL3-1B config dump.
+    "internvl3-1b": _chat(
+        _vit_300m(),
+        _qwen25("Qwen/Qwen2.5-0.5B", hidden=896, inter=4864, layers=24, heads=14, kv_heads=2),
+        template="internvl2_5"),
+    "internvl3-2b": _chat(
+        _vit_300m(),
+        _qwen25("Qwen/Qwen2.5-1.5B", hidden=1536, inter=8960, layers=28, heads=12, kv_heads=2),
+        template="internvl2_5"),
+    "internvl3-8b": _chat(
+        _vit_300m(),
+        _qwen25("Qwen/Qwen2.5-7B", hidden=3584, inter=18944, layers=28, heads=28, kv_heads=4),
+        template="internvl2_5"),
+    # OpenGVLab/InternVL3-9B: InternLM3 is native in transformers 5 (no packed wqkv to undo).
+    "internvl3-9b": _chat(_vit_300m(), _internlm3_8b(), template="internvl2_5"),
+    "internvl3-14b": _chat(
+        _vit_300m(),
+        _qwen25("Qwen/Qwen2.5-14B", hidden=5120, inter=13824, layers=48, heads=40, kv_heads=8),
+        template="internvl2_5"),
+    "internvl3-38b": _chat(
+        _vit_6b(),
+        _qwen25("Qwen/Qwen2.5-32B", hidden=5120, inter=27648, layers=64, heads=40, kv_heads=8),
+        template="internvl2_5"),
+    "internvl3-78b": _chat(
+        _vit_6b(),
+        _qwen25("Qwen/Qwen2.5-72B", hidden=8192, inter=29568, layers=80, heads=64, kv_heads=8),
+        template="internvl2_5"),
+    # ---- InternVL3.5 (Aug 2025): same ViTs, Qwen3 dense / Qwen3-MoE / GPT-OSS LLMs.  Pairs
+    # from the InternVL3.5 model cards' table (vision / language / total); LLM shapes per the
+    # Qwen3 and gpt-oss config.json files (per published base).  Template: the Qwen3 models
+    # use "internvl2_5" (conv_style of the repo's internvl3_5_qwen3 scripts), the GPT-OSS one
+    # "internvl3_5_gpt_oss" (its stage-2/3 scripts and internvl_chat_gpt_oss/conversation.py).
+    # Every size is published in this (official) layout and as "<name>-HF" (native layout).
+    "internvl3_5-1b": _chat(
+        _vit_300m(),
+        _qwen3("Qwen/Qwen3-0.6B", hidden=1024, inter=3072, layers=28, heads=16, kv_heads=8),
+        template="internvl2_5"),
+    "internvl3_5-2b": _chat(
+        _vit_300m(),
+        _qwen3("Qwen/Qwen3-1.7B", hidden=2048, inter=6144, layers=28, heads=16, kv_heads=8),
+        template="internvl2_5"),
+    "internvl3_5-4b": _chat(
+        _vit_300m(),
+        _qwen3("Qwen/Qwen3-4B", hidden=2560, inter=9728, layers=36, heads=32, kv_heads=8),
+        template="internvl2_5"),
+    "internvl3_5-8b": _chat(
+        _vit_300m(),
+        _qwen3("Qwen/Qwen3-8B", hidden=4096, inter=12288, layers=36, heads=32, kv_heads=8),
+        template="internvl2_5"),
+    "internvl3_5-14b": _chat(
+        _vit_300m(),
+        _qwen3("Qwen/Qwen3-14B", hidden=5120, inter=17408, layers=40, heads=40, kv_heads=8),
+        template="internvl2_5"),
+    "internvl3_5-38b": _chat(
+        _vit_6b(),
+        _qwen3("Qwen/Qwen3-32B", hidden=5120, inter=25600, layers=64, heads=64, kv_heads=8),
+        template="internvl2_5"),
+    "internvl3_5-30b-a3b": _chat(
+        _vit_300m(),
+        _qwen3_moe("Qwen/Qwen3-30B-A3B", hidden=2048, inter=6144, moe_inter=768, layers=48,
+                   heads=32, kv_heads=4),
+        template="internvl2_5"),
+    "internvl3_5-241b-a28b": _chat(
+        _vit_6b(),
+        _qwen3_moe("Qwen/Qwen3-235B-A22B", hidden=4096, inter=12288, moe_inter=1536, layers=94,
+                   heads=64, kv_heads=4),
+        template="internvl2_5"),
+    # OpenGVLab/InternVL3_5-GPT-OSS-20B-A4B-Preview (the blog lists it as InternVL3_5-20B-A4B).
+    "internvl3_5-gpt-oss-20b-a4b-preview": _chat(_vit_300m(), _gpt_oss_20b(),
+                                                 template="internvl3_5_gpt_oss"),
     # ---- Made-up sizes for tests and benchmarks (same layout, tiny numbers).
     # tiny: 56 px tiles / patch 14 -> 4x4 grid -> pixel shuffle 0.5 -> 2x2 = 4 tokens per tile;
     # vision 2 layers width 32 (2 heads), projector 128 -> 64, Qwen2 2 layers width 64, 4/2
@@ -415,6 +610,38 @@ PRESETS: dict[str, dict] = {
                   num_attention_heads=2, image_size=56, use_flash_attn=False),
         _qwen2("tiny", hidden=64, inter=128, layers=2, heads=4, kv_heads=2, vocab=512,
                eos=2) | {"bos_token_id": 1, "max_position_embeddings": 2048},
+        template="Hermes-2", max_patch=6),
+    # tiny-qwen3 / tiny-qwen3-moe: `tiny` with the InternVL3.5 LLM kinds (head_dim 16, q/k
+    # RMSNorm; the MoE with 4 experts of width 32, top-2), for the CLI tests of the new families.
+    "tiny-qwen3": _chat(
+        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+        _qwen3("tiny-qwen3", hidden=64, inter=128, layers=2, heads=4, kv_heads=2)
+        | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
+           "max_position_embeddings": 2048},
+        template="Hermes-2", max_patch=6),
+    "tiny-qwen3-moe": _chat(
+        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+        _qwen3_moe("tiny-qwen3-moe", hidden=64, inter=128, moe_inter=32, layers=2, heads=4,
+                   kv_heads=2, experts=4, top_k=2)
+        | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
+           "max_position_embeddings": 2048},
+        template="Hermes-2", max_patch=6),
+    # tiny-gpt-oss: `tiny` with a GPT-OSS LLM (4 experts top-2, sinks, layers alternating an
+    # 8-token sliding window and full attention, so chats longer than 8 tokens use both).
+    "tiny-gpt-oss": _chat(
+        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+        _gpt_oss_20b() | {
+            "_name_or_path": "tiny-gpt-oss", "hidden_size": 64, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 512,
+            "sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"],
+            "max_position_embeddings": 2048, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                             "beta_slow": 1.0, "truncate": False,
+                             "original_max_position_embeddings": 512}},
         template="Hermes-2", max_patch=6),
     # small: 224 px / patch 14 -> 16x16 grid -> 64 tokens per tile; vision 6 layers width 256
     # (4 heads), Qwen2 4 layers width 512 (8/2 heads), vocab 4096: 7 tiles + prompt run well
@@ -441,7 +668,7 @@ PRESETS: dict[str, dict] = {
 }
 
 # The made-up presets; every other preset stands for a published checkpoint.
-SYNTHETIC_PRESETS = ("tiny", "small", "tilevl-tiny")
+SYNTHETIC_PRESETS = ("tiny", "tiny-qwen3", "tiny-qwen3-moe", "tiny-gpt-oss", "small", "tilevl-tiny")
 
 # Published total parameter counts.  "HF" = the safetensors "Model size" figure on the
 # checkpoint's Hugging Face page (computed from the stored tensors, shown to 3 significant
@@ -466,6 +693,24 @@ PUBLISHED_PARAMS: dict[str, tuple[int, str]] = {
     "internvl2_5-26b": (25_500_000_000, "HF OpenGVLab/InternVL2_5-26B model size 25.5B (recalled)"),
     "internvl2_5-38b": (38_400_000_000, "HF OpenGVLab/InternVL2_5-38B model size 38.4B (recalled)"),
     "internvl2_5-78b": (78_400_000_000, "HF OpenGVLab/InternVL2_5-78B model size 78.4B (recalled)"),
+    "internvl3-1b": (938_000_000, "HF OpenGVLab/InternVL3-1B model size 938M (recalled); card 1B"),
+    "internvl3-2b": (2_090_000_000, "HF OpenGVLab/InternVL3-2B model size 2.09B (recalled); card 2B"),
+    "internvl3-8b": (7_940_000_000, "HF OpenGVLab/InternVL3-8B model size 7.94B (recalled); card 8B"),
+    "internvl3-9b": (9_140_000_000, "HF OpenGVLab/InternVL3-9B model size 9.14B (recalled); card 9B"),
+    "internvl3-14b": (15_100_000_000, "HF OpenGVLab/InternVL3-14B model size 15.1B (recalled)"),
+    "internvl3-38b": (38_400_000_000, "HF OpenGVLab/InternVL3-38B model size 38.4B (recalled)"),
+    "internvl3-78b": (78_400_000_000, "HF OpenGVLab/InternVL3-78B model size 78.4B (recalled)"),
+    # InternVL3.5 cards tabulate vision / language / total params; the HF sizes agree where
+    # both were seen (1B: card 1.1B; 2B 2.3B; 4B 4.7B; 8B 8.5B).
+    "internvl3_5-1b": (1_060_000_000, "HF OpenGVLab/InternVL3_5-1B model size 1.06B (recalled); card 0.3B + 0.8B = 1.1B"),
+    "internvl3_5-2b": (2_350_000_000, "HF OpenGVLab/InternVL3_5-2B model size 2.35B (recalled); card 0.3B + 2.0B = 2.3B"),
+    "internvl3_5-4b": (4_730_000_000, "HF OpenGVLab/InternVL3_5-4B model size 4.73B (recalled); card 0.3B + 4.4B = 4.7B"),
+    "internvl3_5-8b": (8_530_000_000, "HF OpenGVLab/InternVL3_5-8B model size 8.53B (recalled); card 0.3B + 8.2B = 8.5B"),
+    "internvl3_5-14b": (15_100_000_000, "card 0.3B + 14.8B = 15.1B (InternVL3.5 model card table)"),
+    "internvl3_5-38b": (38_400_000_000, "card 5.5B + 32.8B = 38.4B (InternVL3.5 model card table)"),
+    "internvl3_5-30b-a3b": (30_800_000_000, "card 0.3B + 30.5B = 30.8B (InternVL3.5 model card table)"),
+    "internvl3_5-241b-a28b": (240_700_000_000, "card 5.5B + 235.1B = 240.7B (InternVL3.5 model card table)"),
+    "internvl3_5-gpt-oss-20b-a4b-preview": (21_200_000_000, "card 0.3B + 20.9B = 21.2B (InternVL3.5 model card table)"),
 }
 
 
@@ -478,14 +723,45 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
+# Other spellings of the published names: the hub repo id, "3.5" for "3_5", the blog's short
+# GPT-OSS name, and the suffixes of variants with the same network (-HF is the native layout
+# of the same weights; -Instruct / -MPO / -Pretrained are training stages).
+_VARIANT_SUFFIXES = ("-hf", "-instruct", "-mpo", "-pretrained")
+_ALIASES = {
+    "internvl3_5-20b-a4b": "internvl3_5-gpt-oss-20b-a4b-preview",
+    "internvl3_5-gpt-oss-20b-a4b": "internvl3_5-gpt-oss-20b-a4b-preview",
+}
+
+
+def canonical_preset_name(name: str) -> str:
+    """The registry key for a published name in any of its usual spellings.
+
+    `OpenGVLab/InternVL3.5-8B-HF`, `internvl3_5-8b-instruct` and `InternVL3_5-8B` all give
+    `internvl3_5-8b`; an unknown name comes back lower-cased and otherwise unchanged.
+    """
+    key = name.strip().lower()
+    if key.startswith("opengvlab/"):
+        key = key[len("opengvlab/"):]
+    key = key.replace("internvl3.5", "internvl3_5")
+    if key in PRESETS:
+        return key
+    stripped = True
+    while stripped:  # e.g. "-mpo-hf": strip every variant suffix, in any order
+        stripped = next((key[: -len(s)] for s in _VARIANT_SUFFIXES if key.endswith(s)), None)
+        key = stripped or key
+    key = _ALIASES.get(key, key)
+    return key if key in PRESETS else name.strip().lower()
+
+
 def get_preset(name: str) -> dict:
-    """A deep copy of the named preset's config dict; names are matched case-insensitively.
+    """A deep copy of the named preset's config dict; names are matched case-insensitively,
+    in the spellings `canonical_preset_name` accepts (`InternVL3.5-8B-HF` …).
 
     Raises ConfigError naming the unknown name and listing the known ones.
     """
     if not isinstance(name, str):
         raise ConfigError(f"preset name must be a string, got {type(name).__name__}: {name!r}")
-    key = name.strip().lower()
+    key = canonical_preset_name(name)
     if key not in PRESETS:
         raise ConfigError(
             f"unknown preset {name!r}; known presets: {', '.join(preset_names())}")
@@ -545,7 +821,11 @@ def count_projector_parameters(cfg: dict) -> int:
 
 
 def count_llm_parameters(llm: dict) -> int:
-    """Parameters of the causal LM a transformers-style config describes (Llama-family layout)."""
+    """Parameters of the causal LM a transformers-style config describes.
+
+    Llama-family layout (Llama, Qwen2, Phi-3, InternLM2/3) plus Qwen3 (q/k RMSNorm), Qwen3-MoE
+    (router + experts in sparse layers) and GPT-OSS (attention sinks, biased router/experts).
+    """
     w = "llm_config"
     arch = (llm.get("architectures") or [""])[0]
     model_type = llm.get("model_type", "")
@@ -558,29 +838,62 @@ def count_llm_parameters(llm: dict) -> int:
     head_dim = llm.get("head_dim") or h // heads
     q_out = heads * head_dim
     kv_out = kv * head_dim
+    qk_norm = sinks = 0
 
     if model_type == "qwen2" or arch == "Qwen2ForCausalLM":
         qkv_bias = True  # Qwen2 puts a bias on q/k/v and none on o
         o_bias = mlp_bias = False
     elif model_type == "internlm2" or arch == "InternLM2ForCausalLM":
         qkv_bias = o_bias = mlp_bias = bool(llm.get("bias", False))
+    elif model_type == "internlm3" or arch == "InternLM3ForCausalLM":
+        # transformers reads InternLM3's qkv_bias as attention_bias (q/k/v/o), bias as mlp_bias
+        qkv_bias = o_bias = bool(llm.get("qkv_bias", llm.get("attention_bias", False)))
+        mlp_bias = bool(llm.get("bias", llm.get("mlp_bias", False)))
     elif model_type in ("llama", "phi3") or arch in ("LlamaForCausalLM", "Phi3ForCausalLM"):
         qkv_bias = o_bias = bool(llm.get("attention_bias", False))
         mlp_bias = bool(llm.get("mlp_bias", False))
+    elif model_type in ("qwen3", "qwen3_moe") or arch in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"):
+        qkv_bias = o_bias = bool(llm.get("attention_bias", False))
+        mlp_bias = False
+        qk_norm = 2 * head_dim  # q_norm, k_norm over each head
+    elif model_type == "gpt_oss" or arch == "GptOssForCausalLM":
+        qkv_bias = o_bias = bool(llm.get("attention_bias", True))
+        mlp_bias = False
+        sinks = heads  # one learned sink logit per attention head
     else:
         raise ConfigError(
             f"llm_config: cannot count parameters of architecture {arch!r} / model_type "
-            f"{model_type!r}; known: Qwen2ForCausalLM, InternLM2ForCausalLM, LlamaForCausalLM, "
+            f"{model_type!r}; known: Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, "
+            "GptOssForCausalLM, InternLM2ForCausalLM, InternLM3ForCausalLM, LlamaForCausalLM, "
             "Phi3ForCausalLM")
 
     attn = h * (q_out + 2 * kv_out) + (q_out + 2 * kv_out if qkv_bias else 0)
-    attn += q_out * h + (h if o_bias else 0)
+    attn += q_out * h + (h if o_bias else 0) + qk_norm + sinks
     # gate + up + down; Phi-3 packs gate/up into one matrix, same count
-    mlp = 3 * h * inter + ((2 * inter + h) if mlp_bias else 0)
-    per_layer = attn + mlp + 2 * h  # two RMSNorms
+    dense_mlp = 3 * h * inter + ((2 * inter + h) if mlp_bias else 0)
+    total_mlp = sum(_mlp_parameters(llm, i, h, dense_mlp) for i in range(layers))
     embed = vocab * h
     head = 0 if llm.get("tie_word_embeddings", False) else vocab * h
-    return embed + layers * per_layer + h + head
+    return embed + layers * (attn + 2 * h) + total_mlp + h + head  # 2 RMSNorms/layer, final norm
+
+
+def _mlp_parameters(llm: dict, layer: int, h: int, dense: int) -> int:
+    """The feed-forward block of decoder layer `layer`: dense, or a router plus experts."""
+    w = "llm_config"
+    model_type = llm.get("model_type", "")
+    if model_type == "gpt_oss":
+        experts = _need(llm, "num_local_experts", w)
+        inter = _need(llm, "intermediate_size", w)
+        router = experts * h + experts
+        return router + experts * (h * 2 * inter + 2 * inter + inter * h + h)
+    if model_type == "qwen3_moe":
+        experts = llm.get("num_experts") or _need(llm, "num_local_experts", w)
+        step = llm.get("decoder_sparse_step", 1)
+        if layer in (llm.get("mlp_only_layers") or []) or not (experts > 0 and (layer + 1) % step == 0):
+            return dense
+        moe_inter = _need(llm, "moe_intermediate_size", w)
+        return experts * h + experts * 3 * h * moe_inter
+    return dense
 
 
 def count_parameters(cfg: dict) -> int:

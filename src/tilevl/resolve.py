@@ -33,9 +33,10 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
 def is_model_spec(spec: str) -> bool:
     """True when `spec` names a model: a folder, a shipped model or a preset."""
     from tilevl.assets import asset_path
-    from tilevl.presets import preset_names
+    from tilevl.presets import canonical_preset_name, preset_names
 
-    return Path(spec).is_dir() or asset_path(spec) is not None or spec.lower() in preset_names()
+    return (Path(spec).is_dir() or asset_path(spec) is not None
+            or canonical_preset_name(spec) in preset_names())
 
 
 # Names start like this more often than prompts do: "internvl2-8b", "tilevl-tinyy" ...
@@ -102,7 +103,7 @@ def open_model(spec: str, *, dtype: str | None = None, device: str = "cpu", quie
     from tilevl.checkpoint.loader import load_model
     from tilevl.checkpoint.tokenizer import build_bpe_tokenizer, img_context_token_id, load_tokenizer
     from tilevl.model.vlm import build_model
-    from tilevl.presets import preset_names
+    from tilevl.presets import canonical_preset_name, preset_names
 
     from tilevl.assets import asset_path
 
@@ -113,7 +114,7 @@ def open_model(spec: str, *, dtype: str | None = None, device: str = "cpu", quie
     if path.is_dir():
         model = load_model(path, dtype=torch_dtype, device=device)
         tokenizer = load_tokenizer(path)
-    elif spec.lower() in preset_names():
+    elif canonical_preset_name(spec) in preset_names():
         if not quiet:
             print(f"[tilevl] {spec}: a preset, not a checkpoint: random weights and a small "
                   "tokenizer (replies are noise; for smoke tests and timings only)", file=sys.stderr)

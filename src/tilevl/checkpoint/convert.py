@@ -1,7 +1,8 @@
 """Every layout conversion in one place: official (InternVLChatModel) ↔ ours ↔ native.
 
 Our parameter names are the official ones, so official ↔ ours is the identity except inside
-an InternLM2 LLM (converted to Llama). Native is transformers' InternVLForConditionalGeneration.
+an InternLM2 LLM (converted to Llama) and a Qwen3-MoE LLM (checkpoints store one key per
+expert, transformers fuses them). Native is transformers' InternVLForConditionalGeneration.
 Conversions stream: they take and yield (key, tensor) pairs, one layer's worth at a time.
 """
 
@@ -28,7 +29,11 @@ _NATIVE_ARCH = "InternVLForConditionalGeneration"
 # (written by tilevl.merge); every layout carries it so no conversion forgets a fold.
 MERGED_ADAPTERS_KEY = "merged_adapters"
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_CAUSAL_LM = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
+_CAUSAL_LM = {
+    "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM", "gpt_oss": "GptOssForCausalLM",
+    "internlm3": "InternLM3ForCausalLM",
+}
 
 Pairs = Iterable[tuple[str, torch.Tensor]]
 
@@ -48,10 +53,11 @@ def detect_layout(config: dict, where: str = "config.json") -> str:
 
 
 # ---- official ↔ ours ---------------------------------------------------------------------------
-def official_to_ours(pairs: Pairs, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Official checkpoint keys → our parameter names (InternLM2 LLM keys become Llama's)."""
+def official_to_ours(pairs: Pairs, config: ModelConfig, where: str = "checkpoint") -> Iterator[tuple[str, torch.Tensor]]:
+    """Official checkpoint keys → our parameter names (InternLM2 LLM keys become Llama's,
+    per-expert MoE keys are fused into transformers' stacked expert parameters)."""
     internlm2 = is_internlm2(config.llm)
-    for key, tensor in pairs:
+    for key, tensor in fuse_experts(pairs, config.llm, where):
         if internlm2 and key.startswith("language_model."):
             for sub, value in convert_internlm2_key(key[len("language_model."):], tensor, config.llm):
                 yield "language_model." + sub, value
@@ -60,7 +66,9 @@ def official_to_ours(pairs: Pairs, config: ModelConfig) -> Iterator[tuple[str, t
 
 
 def ours_to_official(pairs: Pairs, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
-    """Our parameter names → official keys; an InternLM2 LLM is packed back layer by layer."""
+    """Our parameter names → official keys; an InternLM2 LLM is packed back layer by layer and
+    fused MoE experts are written one key per expert, as the official checkpoints store them."""
+    pairs = split_experts(pairs)
     if not is_internlm2(config.llm):
         yield from pairs
         return
@@ -95,6 +103,87 @@ def _group_llm_layers(pairs: Pairs) -> Iterator[list[tuple[str, torch.Tensor]]]:
         yield group
 
 
+# ---- MoE experts: one key per expert (checkpoints) ↔ stacked parameters (transformers 5) ----
+# Qwen3-MoE checkpoints (InternVL3.5-30B-A3B / -241B-A28B, and what transformers itself writes)
+# hold `mlp.experts.{e}.{gate,up,down}_proj.weight` with gate/up [I, H] and down [H, I];
+# transformers 5 builds `mlp.experts.gate_up_proj` [E, 2I, H] (gate rows first) and
+# `mlp.experts.down_proj` [E, H, I].  GPT-OSS checkpoints already store the stacked form
+# (gate_up [E, H, 2I], interleaved), which is transformers' own: it passes unchanged.
+_PER_EXPERT_MOE = ("qwen3_moe",)
+_EXPERT_KEY = re.compile(r"^(?P<head>.+\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+_FUSED_KEY = re.compile(r"^(?P<head>.+\.mlp\.experts)\.(?P<proj>gate_up_proj|down_proj)$")
+_MXFP4_KEY = re.compile(r"\.mlp\.experts\.\w+_(blocks|scales)$")
+
+
+def fuse_experts(pairs: Pairs, llm: dict, where: str = "checkpoint") -> Iterator[tuple[str, torch.Tensor]]:
+    """Per-expert MoE keys → the stacked parameters transformers builds; other keys pass.
+
+    A layer's experts are held until its last one is read, so at most one layer's experts
+    are buffered when the file is in key order. Stacked keys already in that form pass too.
+    """
+    fusing = llm.get("model_type") in _PER_EXPERT_MOE
+    count = int(llm.get("num_experts") or llm.get("num_local_experts") or 0)  # transformers 5 writes the latter
+    pending: dict[str, dict[tuple[str, int], torch.Tensor]] = {}
+    for key, tensor in pairs:
+        if _MXFP4_KEY.search(key):
+            raise CheckpointError(
+                f"{where}: {key!r} is an MXFP4-quantised expert weight (the gpt-oss release format); "
+                "tilevl loads bf16/fp16/fp32 experts only: use the dequantised checkpoint "
+                "(InternVL3.5-GPT-OSS ships bf16)")
+        match = _EXPERT_KEY.match(key) if fusing else None
+        if match is None:
+            yield key, tensor
+            continue
+        expert = int(match.group("e"))
+        if expert >= count:
+            raise CheckpointError(f"{where}: {key!r} names expert {expert}, but num_experts is {count}")
+        slot = pending.setdefault(match.group("head"), {})
+        slot[(match.group("proj"), expert)] = tensor
+        if len(slot) == 3 * count:
+            head = match.group("head")
+            gate_up = [torch.cat([slot[("gate_proj", e)], slot[("up_proj", e)]], dim=0) for e in range(count)]
+            yield f"{head}.gate_up_proj", torch.stack(gate_up)  # [E, 2I, H]
+            yield f"{head}.down_proj", torch.stack([slot[("down_proj", e)] for e in range(count)])  # [E, H, I]
+            del pending[head]
+    if pending:
+        head, slot = next(iter(pending.items()))
+        missing = sorted(f"{p}[{e}]" for p in ("gate_proj", "up_proj", "down_proj")
+                         for e in range(count) if (p, e) not in slot)
+        raise CheckpointError(f"{where}: incomplete experts under {head}: missing {missing[:6]}")
+
+
+def split_experts(pairs: Pairs) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stacked Qwen3-MoE-style expert parameters → one key per expert (inverse of fuse_experts).
+
+    Only the [E, 2I, H] gate-first layout is split; GPT-OSS's [E, H, 2I] stacked form (with
+    its `_bias` companions) is what its checkpoints store, so it is left as it is.
+    """
+    held: dict[str, torch.Tensor] = {}
+    for key, tensor in pairs:
+        match = _FUSED_KEY.match(key)
+        if match is None or tensor.dim() != 3:
+            yield key, tensor
+            continue
+        head, proj = match.group("head"), match.group("proj")
+        # gate_up [E, 2I, H] and down [E, H, I] of the same layer tell the layout apart from
+        # GPT-OSS ([E, H, 2I] and [E, I, H]): down's last dim is half gate_up's middle one.
+        held[f"{head}.{proj}"] = tensor
+        gate_up, down = held.get(f"{head}.gate_up_proj"), held.get(f"{head}.down_proj")
+        if gate_up is None or down is None:
+            continue
+        del held[f"{head}.gate_up_proj"], held[f"{head}.down_proj"]
+        if gate_up.shape[1] == 2 * down.shape[2] and gate_up.shape[2] == down.shape[1]:
+            inter = down.shape[2]
+            for e in range(gate_up.shape[0]):
+                yield f"{head}.{e}.gate_proj.weight", gate_up[e, :inter].clone()
+                yield f"{head}.{e}.up_proj.weight", gate_up[e, inter:].clone()
+                yield f"{head}.{e}.down_proj.weight", down[e].clone()
+        else:
+            yield f"{head}.gate_up_proj", gate_up
+            yield f"{head}.down_proj", down
+    yield from held.items()
+
+
 # ---- native ↔ ours -----------------------------------------------------------------------------
 # Inside one vision layer: our suffix → transformers' suffix (qkv is split/joined separately).
 _VISION_LAYER = {
@@ -125,8 +214,9 @@ def _swap(name: str, table: dict[str, str]) -> str | None:
 
 
 def ours_to_native(pairs: Pairs) -> Iterator[tuple[str, torch.Tensor]]:
-    """Our names → the keys transformers 5 writes for InternVLForConditionalGeneration."""
-    for key, tensor in pairs:
+    """Our names → the keys transformers 5 writes for InternVLForConditionalGeneration
+    (MoE experts one key per expert, as transformers saves them)."""
+    for key, tensor in split_experts(pairs):
         if key.startswith("vision_model.encoder.layers."):
             idx, rest = key[len("vision_model.encoder.layers."):].split(".", 1)
             head = f"vision_tower.encoder.layer.{idx}."
@@ -164,8 +254,20 @@ def _normalise_native_key(key: str) -> str:
     return key
 
 
-def native_to_ours(pairs: Pairs, where: str = "checkpoint") -> Iterator[tuple[str, torch.Tensor]]:
-    """transformers' native keys → our names; q/k/v are joined once all three are read."""
+def native_to_ours(pairs: Pairs, where: str = "checkpoint",
+                   config: ModelConfig | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """transformers' native keys → our names; q/k/v are joined once all three are read.
+
+    With `config`, per-expert MoE keys are fused as `fuse_experts` does (loading needs it;
+    without it they pass through under their own names).
+    """
+    if config is not None:
+        yield from fuse_experts(_native_to_ours(pairs, where), config.llm, where)
+        return
+    yield from _native_to_ours(pairs, where)
+
+
+def _native_to_ours(pairs: Pairs, where: str) -> Iterator[tuple[str, torch.Tensor]]:
     inverse_layer = {v: k for k, v in _VISION_LAYER.items()}
     inverse_embed = {v: k for k, v in _VISION_EMBED.items()}
     inverse_proj = {v: k for k, v in _PROJECTOR.items()}

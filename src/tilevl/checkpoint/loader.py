@@ -199,8 +199,9 @@ def load_model(
         model = VisionLanguageModel(config, attn_implementation)
     target = torch.device("cpu") if device_map is not None else torch.device(device)
     pairs = ((key, tensor) for key, tensor, _ in iter_tensors(files))
-    ours = convert.official_to_ours(pairs, config) if layout == convert.OFFICIAL else convert.native_to_ours(pairs, str(folder))
     where = str(folder)
+    ours = (convert.official_to_ours(pairs, config, where) if layout == convert.OFFICIAL
+            else convert.native_to_ours(pairs, where, config))
     for key, tensor in ours:
         _assign(model, key, tensor, dtype, target, where)
     _tie_and_check(model, folder)

@@ -353,7 +353,7 @@ def merge_lora_into_checkpoint(
 def _base_pairs(folder: Path, config: ModelConfig, layout: str) -> Iterator[tuple[str, torch.Tensor]]:
     """The base checkpoint's tensors in our parameter names, one at a time."""
     pairs = ((key, tensor) for key, tensor, _ in iter_tensors(weight_files(folder)))
-    ours = convert.official_to_ours(pairs, config) if layout == convert.OFFICIAL else convert.native_to_ours(pairs, str(folder))
+    ours = convert.official_to_ours(pairs, config) if layout == convert.OFFICIAL else convert.native_to_ours(pairs, str(folder), config)
     tied = bool(config.llm.get("tie_word_embeddings", False))
     for key, tensor in ours:
         if not (tied and key == "language_model.lm_head.weight"):  # written once, as save_model does

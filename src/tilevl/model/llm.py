@@ -1,12 +1,13 @@
 """The language model, built by `transformers` from the checkpoint's `llm_config`.
 
-We do not re-implement Llama, Qwen2 or Phi-3. InternLM2 (no class in transformers, and we
-never run remote code) is built as the Llama it is equivalent to; its weights are converted
-at load time by `tilevl.checkpoint.internlm2`.
+We do not re-implement Llama, Qwen2/3 (dense and MoE), Phi-3, InternLM3 or GPT-OSS. InternLM2
+(no class in transformers, and we never run remote code) is built as the Llama it is
+equivalent to; its weights are converted at load time by `tilevl.checkpoint.internlm2`.
 """
 
 from __future__ import annotations
 
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from tilevl.errors import ConfigError
@@ -52,13 +53,28 @@ def build_llm_config(llm: dict, attn_implementation: str = "sdpa") -> Pretrained
         data["rope_scaling"] = {**scaling, "type": "longrope"}
     try:
         config = AutoConfig.for_model(model_type, **data)
-    except ValueError as exc:
+    except (ValueError, TypeError, StrictDataclassClassValidationError) as exc:
+        # transformers' @strict configs (InternLM3's qkv_bias vs bias …) raise the hub's error
         raise ConfigError(f"llm_config: transformers cannot build model_type {model_type!r}: {exc}") from None
-    config._attn_implementation = attn_implementation
+    config._attn_implementation = supported_attention(config, attn_implementation)
     return config
+
+
+def supported_attention(config: PretrainedConfig, wanted: str) -> str:
+    """`wanted`, or "eager" when the LLM's transformers class has no kernel of that kind.
+
+    GPT-OSS has no SDPA path (its attention sinks need their own softmax), so "sdpa" — our
+    default everywhere — falls back to eager for it instead of failing at build time.
+    """
+    if wanted != "sdpa":
+        return wanted
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is not None and not getattr(model_class, "_supports_sdpa", True):
+        return "eager"
+    return wanted
 
 
 def build_llm(llm: dict, attn_implementation: str = "sdpa") -> PreTrainedModel:
     """Instantiate the causal LM (random weights; the caller loads a checkpoint into it)."""
     config = build_llm_config(llm, attn_implementation)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=config._attn_implementation)

@@ -23,6 +23,9 @@ LLM_LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj"),
     "internlm2": ("attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
                   "feed_forward.w3"),
+    # Qwen3-MoE / GPT-OSS (no upstream list): their experts are stacked nn.Parameters, not
+    # Linear layers, so the default adapts attention only (the MoE test checks it).
+    "moe": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
 }
 _VISION_PREFIX = r"vision_model\.encoder\.layers\.\d+\."
 _LLM_PREFIX = r"language_model\.(?:.*\.)?"
