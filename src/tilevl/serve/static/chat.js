@@ -68,6 +68,8 @@ function buildRequest() {
     temperature: numberOr("temperature", 0),
     top_p: numberOr("top-p", 1),
     max_tiles: Math.max(1, Math.round(numberOr("max-tiles", 6))),  // tilevl's extension
+    // InternVL3.5's thinking mode, as vLLM takes it; the thinking streams as reasoning_content.
+    chat_template_kwargs: { enable_thinking: $("thinking").checked },
   };
 }
 
@@ -110,7 +112,13 @@ async function send(event) {
   const bubble = addMessage("assistant", "");
   bubble.dataset.state = "streaming";
   const out = bubble.querySelector(".text");
-  let reply = "";
+  const thinking = document.createElement("details");  // the reply's thinking, folded
+  thinking.className = "thinking";
+  thinking.dataset.testid = "thinking-text";
+  thinking.appendChild(document.createElement("summary")).textContent = "thinking";
+  const thought = thinking.appendChild(document.createElement("div"));
+  bubble.insertBefore(thinking, out);
+  let reply = "", reasoning = "";
   state.controller = new AbortController();
   $("send").disabled = true;
   $("stop").disabled = false;
@@ -131,6 +139,11 @@ async function send(event) {
       if (data.error) throw new Error(data.error.message);
       if (data.usage) usage = data.usage;
       for (const choice of data.choices || []) {
+        if (choice.delta && choice.delta.reasoning_content) {
+          reasoning += choice.delta.reasoning_content;
+          thought.textContent = reasoning;
+          thinking.dataset.filled = "true";
+        }
         if (choice.delta && choice.delta.content) {
           reply += choice.delta.content;
           out.textContent = reply;
@@ -138,7 +151,7 @@ async function send(event) {
         }
       }
     });
-    if (!reply) out.textContent = "(empty reply)";
+    if (!reply) out.textContent = reasoning ? "(no answer after the thinking)" : "(empty reply)";
     bubble.dataset.state = "done";
     setStatus(usage ? `${usage.prompt_tokens} prompt + ${usage.completion_tokens} reply tokens` : "done");
   } catch (err) {
@@ -149,8 +162,10 @@ async function send(event) {
     }
     setStatus(err.name === "AbortError" ? "stopped" : "error");
   } finally {
-    // The reply (even a partial one) stays in the history, so the next turn follows it.
-    state.history.push({ role: "assistant", content: reply });
+    // The reply (even a partial one) stays in the history, so the next turn follows it;
+    // with its thinking in <think> tags, as upstream's chat() keeps replies in its history.
+    const whole = reasoning ? `<think>\n${reasoning}\n</think>\n\n${reply}` : reply;
+    state.history.push({ role: "assistant", content: whole });
     state.controller = null;
     $("send").disabled = false;
     $("stop").disabled = true;
