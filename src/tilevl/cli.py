@@ -140,11 +140,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     images = list(args.image or [])
     prefix = ""
     if args.video:
-        from tilevl.inputs.video import load_video, video_prompt
+        from tilevl.inputs.video import CARD_NUM_SEGMENTS, load_video, video_prompt
 
+        args.frames = args.frames or CARD_NUM_SEGMENTS
         settings = model.image_settings
         frames, patches = load_video(args.video, num_segments=args.frames, image_size=settings.image_size,
-                                     max_num=1, use_thumbnail=settings.use_thumbnail)
+                                     use_thumbnail=settings.use_thumbnail)
         images += list(frames.split(patches))
         prefix = video_prompt(len(patches))
     if args.prompt:
@@ -282,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="*", help="the question; omit for an interactive session")
     p.add_argument("--image", action="append", help="an image (repeatable)")
     p.add_argument("--video", help="a video file (frames sampled as in the seeds)")
-    p.add_argument("--frames", type=int, default=8, help="frames sampled from --video")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames sampled from --video (default: the model cards' 8, one tile each)")
     p.add_argument("--max-tiles", type=int, default=None, help="max tiles per image (default: the checkpoint's)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=None,
