@@ -154,3 +154,24 @@ def test_session_enable_thinking(tiny_model, tokenizer, monkeypatch):
     # A real (random) generation still goes through the thinking prompt and returns a reply.
     monkeypatch.undo()
     assert isinstance(session.ask("And?"), ChatReply)
+
+
+def test_gpt_oss_template_keeps_channel_markup_and_answers_the_final_channel(tiny_model):
+    """The harmony template: the prompt ends at `<|start|>assistant`, the reply is decoded with
+    its special tokens (upstream's skip_special_tokens=False), cut at <|return|>, and split."""
+    from tilevl.checkpoint.tokenizer import IMG_CONTEXT_TOKEN, build_bpe_tokenizer
+
+    tok = build_bpe_tokenizer(vocab_size=400, extra_special_tokens=(
+        "<|start|>", "<|message|>", "<|channel|>", "<|return|>"))
+    tiny_model.img_context_token_id = tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    raw = ("<|channel|>analysis<|message|>Compare 9.11 and 9.80.<|end|><|start|>assistant"
+           "<|channel|>final<|message|>9.8 is greater.")
+    seen: list = []
+    ids = tok(raw + "<|return|><|endoftext|>", add_special_tokens=False)["input_ids"]
+    tiny_model.generate = lambda input_ids, pixel_values=None, **kw: seen.append(input_ids[0].tolist()) or torch.tensor([ids])
+    reply, history = tiny_model.chat(tok, None, "Which is greater?", GREEDY, return_history=True,
+                                     template="internvl3_5_gpt_oss")
+    assert tok.decode(seen[0], skip_special_tokens=False).endswith(
+        "<|start|>user<|message|>Which is greater?<|end|><|start|>assistant")
+    assert reply == "9.8 is greater." and reply.reasoning == "Compare 9.11 and 9.80."
+    assert history == [("Which is greater?", raw)]
