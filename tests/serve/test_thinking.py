@@ -88,3 +88,68 @@ def test_reasoning_content_apart_from_content(server, canned):
     assert "".join(d.content or "" for d in deltas) == "A red square."
     assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == "Look closely."
     assert not any("<think>" in (d.content or "") for d in deltas)
+
+
+# ---- the GPT-OSS (harmony) template through the server --------------------------------------
+HARMONY = "<|channel|>analysis<|message|>Compare them.<|end|><|start|>assistant<|channel|>final<|message|>9.8 is."
+
+
+@pytest.fixture()
+def harmony_serving():
+    import tilevl
+    from tilevl.checkpoint.tokenizer import IMG_CONTEXT_TOKEN, build_bpe_tokenizer
+    from tilevl.serve.serving import OpenAIServingChat
+
+    tok = build_bpe_tokenizer(vocab_size=400, extra_special_tokens=("<|start|>", "<|message|>", "<|channel|>", "<|return|>"))
+    model = tilevl.build_model("tiny", seed=0)
+    model.config.template = "internvl3_5_gpt_oss"
+    model.img_context_token_id = tok.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+    return OpenAIServingChat(model, tok, "tiny-oss")
+
+
+def test_harmony_replies_keep_their_markup_in_the_scheduler(harmony_serving):
+    from tilevl.serve.scheduler import SamplingParams, Work, _Row
+
+    serving, tok = harmony_serving, harmony_serving.tokenizer
+    assert serving.scheduler.keep_special_tokens
+    row = _Row(Work([1], None, 1, SamplingParams(max_new_tokens=99), print, print), 0, None)
+    updates = [serving.scheduler._advance(row, t) for t in tok(HARMONY, add_special_tokens=False)["input_ids"]]
+    end = serving.scheduler._advance(row, tok.convert_tokens_to_ids("<|return|>"))
+    assert end.finish_reason == "stop"
+    assert "".join(u.text for u in [*updates, end] if u) == HARMONY
+
+
+def _ask(serving, stream: bool):
+    import asyncio
+
+    from tilevl.serve.protocol import ChatCompletionRequest
+
+    async def run():
+        request = ChatCompletionRequest(model="tiny-oss", messages=[{"role": "user", "content": "Which?"}],
+                                        max_tokens=20, stream=stream)
+        result = await serving.create_chat_completion(request, asyncio.Event().wait)
+        if not stream:
+            return result
+        return [chunk async for chunk in result]
+
+    return asyncio.run(run())
+
+
+def test_harmony_reasoning_content_whole_and_streamed(harmony_serving, monkeypatch):
+    import json
+    import re
+
+    pieces = re.findall(r"<\|\w+\|>|[^<]{1,4}", HARMONY)
+
+    def submit(work):
+        for k, piece in enumerate(pieces):
+            last = k == len(pieces) - 1
+            work.on_update([Update(0, piece, "stop" if last else None, 9 if last else 0)])
+
+    monkeypatch.setattr(harmony_serving.scheduler, "submit", submit)
+    message = _ask(harmony_serving, stream=False).choices[0].message
+    assert (message.content, message.reasoning_content) == ("9.8 is.", "Compare them.")
+    events = [json.loads(e[len("data: "):]) for e in _ask(harmony_serving, stream=True) if "[DONE]" not in e]
+    deltas = [c["delta"] for e in events for c in e["choices"]]
+    assert "".join(d.get("content", "") for d in deltas) == "9.8 is."
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Compare them."

@@ -99,10 +99,9 @@ def split_reasoning(text: str, channels: bool = False) -> tuple[str | None, str]
     """
     thoughts: list[str] = []
     if channels and "<|channel|>" in text:
-        finals = []
-        for name, body in _CHANNEL.findall(text):
-            (finals if name == "final" else thoughts).append(body.strip())
-        text = "\n".join(finals)
+        analysis, final = channel_bodies(text)
+        thoughts += [t.strip() for t in analysis]
+        text = "\n".join(f.strip() for f in final)
     stripped = text.strip()
     if stripped.startswith(THINK_OPEN):
         body = stripped[len(THINK_OPEN):]
@@ -111,6 +110,15 @@ def split_reasoning(text: str, channels: bool = False) -> tuple[str | None, str]
         stripped = rest.strip() if closed else ""
     reasoning = "\n".join(t for t in thoughts if t) if thoughts else None
     return reasoning, stripped
+
+
+def channel_bodies(text: str) -> tuple[list[str], list[str]]:
+    """Harmony markup → (bodies of non-final channels, bodies of `final` channels), unstripped."""
+    analysis: list[str] = []
+    final: list[str] = []
+    for name, body in _CHANNEL.findall(text):
+        (final if name == "final" else analysis).append(body)
+    return analysis, final
 
 
 class ReasoningStream:
@@ -177,3 +185,37 @@ def _tag_prefix_length(text: str, tag: str) -> int:
         if text.endswith(tag[:n]):
             return n
     return 0
+
+
+class ChannelStream:
+    """`split_reasoning(channels=True)` for streamed harmony replies (GPT-OSS template).
+
+    Channel headers are special tokens, so they arrive whole: the channels of the text so
+    far only grow. Non-final channels stream as thinking; the final channel goes through a
+    `ReasoningStream` (a `<think>` block inside it is thinking too).
+    """
+
+    def __init__(self) -> None:
+        self._text = ""
+        self._sent_analysis = 0
+        self._sent_final = 0
+        self._final = ReasoningStream()
+
+    def feed(self, piece: str) -> tuple[str, str]:
+        """Take the next piece of the reply; return (thinking delta, answer delta)."""
+        self._text += piece
+        if "<|channel|>" in self._text:
+            analysis, final = channel_bodies(self._text)
+        else:  # no markup (yet): the text so far is the answer
+            analysis, final = [], [self._text]
+        thought_text = "\n".join(t for t in (a.strip() for a in analysis) if t)
+        thought = thought_text[self._sent_analysis:]
+        self._sent_analysis = len(thought_text)
+        final_text = "\n".join(final)
+        r, a = self._final.feed(final_text[self._sent_final:])
+        self._sent_final = len(final_text)
+        return thought + r, a
+
+    def finish(self) -> tuple[str, str]:
+        """Flush what the final channel's splitter holds back."""
+        return self._final.finish()

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 import torch
 
 from tilevl.chat.engine import model_template, pad_id
-from tilevl.chat.thinking import ReasoningStream, split_reasoning, thinking_system_message
+from tilevl.chat.thinking import ChannelStream, ReasoningStream, split_reasoning, thinking_system_message
 from tilevl.errors import InputError
 from tilevl.inputs.image import load_image, preprocess
 from tilevl.inputs.template import IMAGE_PLACEHOLDER, render, stop_token_ids
@@ -135,6 +135,7 @@ class OpenAIServingChat:
             text_stops=self.template.stop_strings, pad_id=pad_id(tokenizer, self.template),
             max_batch_size=self.settings.max_batch_size, queue_size=self.settings.queue_size,
             shared_prefix=self._system_prefix(), max_prefill_tokens=self.settings.max_prefill_tokens)
+        self.scheduler.keep_special_tokens = self.template.channels  # GPT-OSS: answer by channel
         self._pool = ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="tilevl-prep")
         self._render_lock = threading.Lock()  # a fast tokenizer must not encode in two threads
         self._preparing = 0
@@ -394,7 +395,7 @@ class OpenAIServingChat:
                     completion += update.completion_tokens
         choices = []
         for i, (t, r) in enumerate(zip(texts, reasons)):
-            reasoning, answer = split_reasoning(t)
+            reasoning, answer = split_reasoning(t, self.template.channels)
             message = ChatCompletionMessage(content=answer, reasoning_content=reasoning)
             choices.append(ChatCompletionChoice(index=i, message=message, finish_reason=r))
         return ChatCompletionResponse(model=self.model_name, choices=choices, usage=UsageInfo(
@@ -409,7 +410,8 @@ class OpenAIServingChat:
 
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         finished, completion = 0, 0
-        splitters = [ReasoningStream() for _ in range(request.n)]  # thinking apart from content
+        # Thinking apart from content, as split_reasoning does for whole replies.
+        splitters = [ChannelStream() if self.template.channels else ReasoningStream() for _ in range(request.n)]
         try:
             for i in range(request.n):
                 yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
