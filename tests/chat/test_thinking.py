@@ -15,6 +15,7 @@ import torch
 from tilevl.chat.session import ChatSession
 from tilevl.chat.thinking import (
     THINKING_SYSTEM_PROMPT,
+    ChannelStream,
     ChatReply,
     ReasoningStream,
     split_reasoning,
@@ -64,6 +65,29 @@ def test_reasoning_stream_joins_to_split_reasoning(text):
             r, a = stream.feed(piece) if piece is not None else stream.finish()
             reasoning, answer = reasoning + r, answer + a
         assert (reasoning or None, answer) == (want_reasoning or None, want_answer), pieces
+
+
+@pytest.mark.parametrize("text", [
+    "<|channel|>analysis<|message|>Count  the sides. <|end|><|start|>assistant<|channel|>final<|message|>A square.",
+    "<|channel|>final<|message|>Hi there!",
+    "<|channel|>final<|message|><think>t</think>\nanswer",
+    "no markup at all",
+])
+def test_channel_stream_joins_to_split_reasoning(text):
+    import re
+
+    tokens = re.findall(r"<\|\w+\|>|[^<]|<", text)  # special tokens arrive whole
+    rng = random.Random(1)
+    want_reasoning, want_answer = split_reasoning(text, channels=True)
+    for _ in range(30):
+        cuts = sorted(rng.sample(range(1, len(tokens)), min(len(tokens) - 1, rng.randint(0, 6))))
+        pieces = ["".join(tokens[i:j]) for i, j in zip([0, *cuts], [*cuts, len(tokens)])]
+        stream, reasoning, answer = ChannelStream(), "", ""
+        for piece in pieces:
+            r, a = stream.feed(piece)
+            reasoning, answer = reasoning + r, answer + a
+        r, a = stream.finish()
+        assert ((reasoning + r) or None, answer + a) == (want_reasoning, want_answer), pieces
 
 
 def test_reasoning_stream_holds_back_a_possible_tag():
