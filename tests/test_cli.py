@@ -249,3 +249,35 @@ def test_new_family_serve_and_web_apps(family_checkpoint):
             assert reply.json()["choices"][0]["message"]["role"] == "assistant"
             if verb == "web":
                 assert client.get("/").status_code == 200
+
+
+def test_chat_thinking_prompt_and_printed_parts(monkeypatch, capsys, checkpoint, tokenizer):
+    """--thinking: the card's reasoning prompt is rendered, the thinking printed apart,
+    sampling at 0.6 unless --temperature is given. Generation is canned (random models never
+    write <think>); it feeds the CLI's streamer as transformers' generate would."""
+    from tilevl.chat.session import ChatSession
+    from tilevl.chat.thinking import THINKING_SYSTEM_PROMPT
+
+    seen = {}
+    canned = tokenizer("<think>\nLook closely.\n</think>\n\nA red square.<|im_end|>",
+                       add_special_tokens=False)["input_ids"]
+
+    def generate(self, ids, settings, streamer):
+        seen["prompt"], seen["settings"] = tokenizer.decode(ids), settings
+        if streamer is not None:
+            streamer.put(torch.tensor([ids]))  # the prompt, which the streamer skips
+            for token in canned:
+                streamer.put(torch.tensor([token]))
+            streamer.end()
+        return canned
+
+    monkeypatch.setattr(ChatSession, "_generate", generate)
+    assert main(["chat", str(checkpoint), "--thinking", "What is this?"]) == 0
+    assert capsys.readouterr().out == "thinking> Look closely.\nassistant> A red square.\n"
+    assert seen["prompt"].startswith("<|im_start|>system\n" + THINKING_SYSTEM_PROMPT + "<|im_end|>")
+    assert seen["settings"].do_sample and seen["settings"].temperature == 0.6
+    assert main(["chat", str(checkpoint), "--thinking", "--temperature", "0", "Hi"]) == 0
+    assert not seen["settings"].do_sample
+    assert main(["chat", str(checkpoint), "Hi"]) == 0
+    assert THINKING_SYSTEM_PROMPT not in seen["prompt"]
+    assert capsys.readouterr().out.endswith("assistant> A red square.\n")

@@ -132,19 +132,25 @@ def cmd_chat(args: argparse.Namespace) -> int:
         # `tilevl chat "What is this?"`: no model named, the words are the prompt.
         args.prompt, args.model = [args.model, *args.prompt], None
     model, tokenizer = open_model(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device)
+    if args.temperature is None:  # the model cards recommend sampling at 0.6 when thinking
+        from tilevl.chat.thinking import THINKING_TEMPERATURE
+
+        args.temperature = THINKING_TEMPERATURE if args.thinking else 0.0
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                       temperature=args.temperature or None, top_p=args.top_p, top_k=args.top_k,
                       num_beams=args.num_beams, repetition_penalty=args.repetition_penalty,
                       stop=tuple(args.stop or ()), seed=args.seed)
-    session = ChatSession(model, tokenizer, max_tiles=args.max_tiles, generation=generation)
+    session = ChatSession(model, tokenizer, max_tiles=args.max_tiles, generation=generation,
+                          enable_thinking=args.thinking)
     images = list(args.image or [])
     prefix = ""
     if args.video:
-        from tilevl.inputs.video import load_video, video_prompt
+        from tilevl.inputs.video import CARD_NUM_SEGMENTS, load_video, video_prompt
 
+        args.frames = args.frames or CARD_NUM_SEGMENTS
         settings = model.image_settings
         frames, patches = load_video(args.video, num_segments=args.frames, image_size=settings.image_size,
-                                     max_num=1, use_thumbnail=settings.use_thumbnail)
+                                     use_thumbnail=settings.use_thumbnail)
         images += list(frames.split(patches))
         prefix = video_prompt(len(patches))
     if args.prompt:
@@ -204,11 +210,21 @@ def _check_image(path: str) -> str:
 
 
 def _stream_turn(session, question: str, images) -> str:
-    """Ask and print the reply token by token as it is generated (whole, for beam search)."""
+    """Ask and print the reply token by token as it is generated (whole, for beam search).
+
+    Thinking the reply marks (`<think>…</think>`) is printed apart, after "thinking> ".
+    """
     from transformers import TextIteratorStreamer
 
-    if session.generation.num_beams > 1:  # transformers cannot stream beams
+    import itertools
+
+    from tilevl.chat.thinking import ReasoningStream
+
+    # Beams cannot be streamed; harmony replies are parsed by special tokens a text stream lacks.
+    if session.generation.num_beams > 1 or session.template.channels:
         reply = session.ask(question, images=images)
+        if reply.reasoning:
+            print(f"thinking> {reply.reasoning}")
         print(f"assistant> {reply}")
         return reply
 
@@ -224,9 +240,15 @@ def _stream_turn(session, question: str, images) -> str:
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    print("assistant> ", end="", flush=True)
-    for piece in streamer:
-        print(piece, end="", flush=True)
+    split, part = ReasoningStream(), None
+    for piece in itertools.chain(streamer, [None]):  # None: flush what the splitter holds
+        for name, text in zip(("thinking", "assistant"), split.feed(piece) if piece is not None else split.finish()):
+            if text and name != part:
+                print(("\n" if part else "") + f"{name}> ", end="", flush=True)
+                part = name
+            print(text, end="", flush=True)
+    if part is None:
+        print("assistant> ", end="")
     thread.join()
     print()
     if "error" in result:
@@ -306,10 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="*", help="the question; omit for an interactive session")
     p.add_argument("--image", action="append", help="an image (repeatable)")
     p.add_argument("--video", help="a video file (frames sampled as in the seeds)")
-    p.add_argument("--frames", type=int, default=8, help="frames sampled from --video")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames sampled from --video (default: the model cards' 8, one tile each)")
     p.add_argument("--max-tiles", type=int, default=None, help="max tiles per image (default: the checkpoint's)")
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (the default; 0.6 with --thinking, as the model cards recommend)")
+    p.add_argument("--thinking", action="store_true",
+                   help="InternVL3.5's thinking mode: the model card's reasoning system prompt; "
+                        "the thinking is printed apart from the answer")
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = off)")

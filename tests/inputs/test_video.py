@@ -165,3 +165,32 @@ def test_broken_videos(tmp_path, mp4):
         load_video(no_frames)
     with pytest.raises(InputError, match="bound"):
         load_video(mp4, bound=(5.0, 6.0))  # the video lasts 1 s
+
+
+def test_cli_video_uses_the_model_cards_defaults(mp4, tmp_path, monkeypatch, tokenizer):
+    """`tilevl chat --video` as the InternVL3.5 card's video example: 8 frames, 1 tile each,
+    "Frame{i}: <image>" lines before the question (all cards since InternVL2 agree)."""
+    import tilevl
+    from tilevl.chat.session import ChatSession
+    from tilevl.checkpoint.tokenizer import img_context_token_id
+    from tilevl.cli import main
+    from tilevl.inputs.video import CARD_NUM_SEGMENTS, CARD_TILES_PER_FRAME
+
+    assert (CARD_NUM_SEGMENTS, CARD_TILES_PER_FRAME) == (8, 1)
+    model = tilevl.build_model("tiny", seed=0)
+    model.img_context_token_id = img_context_token_id(tokenizer)
+    tilevl.save_model(model, tmp_path / "tiny", tokenizer=tokenizer)
+    seen = {}
+
+    def generate(self, ids, settings, streamer):
+        seen["patches"] = list(self.num_patches_list)
+        seen["prompt"] = tokenizer.decode(ids)
+        if streamer is not None:
+            streamer.end()
+        return tokenizer("ok<|im_end|>", add_special_tokens=False)["input_ids"]
+
+    monkeypatch.setattr(ChatSession, "_generate", generate)
+    assert main(["chat", str(tmp_path / "tiny"), "--video", str(mp4), "What happens?"]) == 0
+    assert seen["patches"] == [1] * 8
+    assert "Frame8: <img>" in seen["prompt"] and "Frame9" not in seen["prompt"]
+    assert "</img>\nWhat happens?<|im_end|>" in seen["prompt"]

@@ -164,3 +164,51 @@ def test_shipped_model_page_defaults_and_a_failed_turn(shipped_server, browser, 
         assert not errors, errors
     finally:
         page.close()
+
+
+def test_thinking_checkbox_asks_for_thinking_and_shows_it_apart(server, browser, monkeypatch):
+    """The checkbox sends chat_template_kwargs.enable_thinking; the streamed reasoning_content
+    fills a folded "thinking" block, the answer the bubble. The random tiny model never
+    thinks, so the scheduler's output is canned here (as in tests/serve/test_thinking.py)."""
+    from tilevl.chat.thinking import THINKING_SYSTEM_PROMPT
+    from tilevl.serve.scheduler import Update
+
+    serving, prompts = server.serving, []
+    real_prepare = serving._prepare
+
+    def prepare(conversation, sources, request):
+        prepared = real_prepare(conversation, sources, request)
+        prompts.append(serving.tokenizer.decode(prepared.prompt_ids))
+        return prepared
+
+    def submit(work):
+        for k, piece in enumerate(["<think>\nCount", " the sides.\n</think>\n\n", "A square."]):
+            work.on_update([Update(0, piece, "stop" if k == 2 else None, 3 if k == 2 else 0)])
+
+    monkeypatch.setattr(serving, "_prepare", prepare)
+    monkeypatch.setattr(serving.scheduler, "submit", submit)
+    page = browser.new_page()
+    bodies = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("body[data-ready=true]", timeout=10_000)
+        page.check("[data-testid=thinking]")
+        page.fill("[data-testid=prompt]", "How many sides?")
+        page.click("[data-testid=send]")
+        page.wait_for_selector(".msg.assistant[data-state=done]", timeout=30_000)
+        assert bodies[-1]["chat_template_kwargs"] == {"enable_thinking": True}
+        assert prompts[-1].startswith("<|im_start|>system\n" + THINKING_SYSTEM_PROMPT)
+        bubble = page.locator(".msg.assistant").first
+        assert bubble.locator(".text").inner_text() == "A square."
+        assert bubble.locator("[data-testid=thinking-text]").text_content() == "thinkingCount the sides."
+        page.uncheck("[data-testid=thinking]")
+        page.fill("[data-testid=prompt]", "Sure?")
+        page.click("[data-testid=send]")
+        page.wait_for_function("document.querySelectorAll('.msg.assistant[data-state=done]').length == 2",
+                               timeout=30_000)
+        assert bodies[-1]["chat_template_kwargs"] == {"enable_thinking": False}
+        # The history sent back keeps the first reply's thinking, as upstream's history does.
+        assert bodies[-1]["messages"][1]["content"] == "<think>\nCount the sides.\n</think>\n\nA square."
+    finally:
+        page.close()

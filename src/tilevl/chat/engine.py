@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tilevl.chat.thinking import ChatReply, thinking_system_message
 from tilevl.errors import ConfigError, InputError
 from tilevl.inputs.template import (
     Template,
@@ -110,6 +111,16 @@ def clean_response(text: str, template: Template, stop: Sequence[str] = ()) -> s
     return text.strip()
 
 
+def decode_reply(tokenizer, ids, template: Template, stop: Sequence[str] = ()) -> ChatReply:
+    """Generated ids → the reply: answer (a str) with `.reasoning` and `.raw` (for history).
+
+    Harmony templates keep special tokens when decoding, as upstream does: their channel
+    headers are special tokens, and the answer is found by them.
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=not template.channels)
+    return ChatReply.parse(clean_response(text, template, stop), template.channels)
+
+
 def _check_patches(pixel_values: torch.Tensor | None, num_patches_list: Sequence[int] | None) -> list[int]:
     if pixel_values is None:
         if num_patches_list:
@@ -154,7 +165,7 @@ def chat(
     model, tokenizer, pixel_values: torch.Tensor | None, question: str,
     generation_config: dict | None = None, history: list | None = None, return_history: bool = False,
     num_patches_list: Sequence[int] | None = None, system_message: str | None = None,
-    template: str | Template | None = None,
+    template: str | Template | None = None, enable_thinking: bool = False,
 ):
     """One chat turn, exactly as the seeds call it (`model.chat(tokenizer, pixel_values, …)`).
 
@@ -168,13 +179,21 @@ def chat(
         history: earlier (question, answer) pairs; None starts a conversation.
         return_history: also return the history with this turn appended.
         num_patches_list: tiles per image (default: all tiles form one image).
+        system_message: replaces the system prompt (default: `model.system_message`, else
+            the template's).
+        enable_thinking: InternVL3.5's thinking mode: the model card's reasoning system
+            prompt (`tilevl.chat.thinking.THINKING_SYSTEM_PROMPT`) is used.
     Returns:
-        The reply, or (reply, history) when `return_history`.
+        The reply, or (reply, history) when `return_history`. The reply is a `ChatReply`:
+        the answer as a str, its thinking in `.reasoning` (None when the reply marked
+        none) and the whole reply in `.raw`, which is what `history` stores (as upstream).
     """
     _ensure_context_id(model, tokenizer)
     template = model_template(model, template)
     settings, extra = GenerationSettings.from_dict(generation_config)
     patches = _check_patches(pixel_values, num_patches_list)
+    system_message = thinking_system_message(
+        system_message if system_message is not None else getattr(model, "system_message", None), enable_thinking)
     ids, question = prepare_chat_prompt(model, tokenizer, question, history, patches, template, system_message)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
@@ -183,8 +202,8 @@ def chat(
         input_ids, pixel_values, attention_mask=torch.ones_like(input_ids),
         **settings.generate_kwargs(tokenizer, template), **extra,
     )
-    response = clean_response(tokenizer.decode(out[0], skip_special_tokens=True), template, settings.stop)
-    history = list(history or []) + [(question, response)]
+    response = decode_reply(tokenizer, out[0], template, settings.stop)
+    history = list(history or []) + [(question, response.raw)]
     return (response, history) if return_history else response
 
 
@@ -192,8 +211,8 @@ def batch_chat(
     model, tokenizer, pixel_values: torch.Tensor | None, questions: Sequence[str],
     generation_config: dict | None = None, num_patches_list: Sequence[int] | None = None,
     history=None, return_history: bool = False, system_message: str | None = None,
-    template: str | Template | None = None,
-) -> list[str]:
+    template: str | Template | None = None, enable_thinking: bool = False,
+) -> list[ChatReply]:
     """Answer several independent questions in one left-padded batch (one forward per step).
 
     Args:
@@ -201,14 +220,17 @@ def batch_chat(
         questions: one question per sample.
         num_patches_list: tiles per sample (each sample has one image, as in the seeds);
             0 marks a pure-text sample.
+        enable_thinking: InternVL3.5's thinking mode for every sample (see `chat`).
     Returns:
-        One reply per question.
+        One `ChatReply` per question (answer str, `.reasoning`, `.raw`).
     """
     if history is not None or return_history:
         raise InputError("batch_chat does not take history (as upstream); use chat() per conversation")
     _ensure_context_id(model, tokenizer)
     template = model_template(model, template)
     settings, extra = GenerationSettings.from_dict(generation_config)
+    system_message = thinking_system_message(
+        system_message if system_message is not None else getattr(model, "system_message", None), enable_thinking)
     if num_patches_list is None:
         num_patches_list = [pixel_values.shape[0] // len(questions)] * len(questions) if pixel_values is not None else [0] * len(questions)
     if len(num_patches_list) != len(questions):
@@ -235,8 +257,7 @@ def batch_chat(
         input_ids, attention_mask = left_pad(prompts, pad_id(tokenizer, template))
         out = model.generate(input_ids.to(model.device), pixel_values,
                              attention_mask=attention_mask.to(model.device), **kwargs)
-    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-    return [clean_response(t, template, settings.stop) for t in texts]
+    return [decode_reply(tokenizer, row, template, settings.stop) for row in out]
 
 
 # A batch whose prompts share at least this many leading ids (the template's system block and

@@ -15,9 +15,10 @@ from transformers import DynamicCache
 from tilevl.chat.engine import (
     GenerationSettings,
     _ensure_context_id,
-    clean_response,
+    decode_reply,
     model_template,
 )
+from tilevl.chat.thinking import ChatReply, thinking_system_message
 from tilevl.errors import InputError
 from tilevl.inputs.template import IMAGE_PLACEHOLDER, build_messages, render
 from tilevl.model.generation import keep_image, longrope_switch_length
@@ -39,17 +40,23 @@ class ChatSession:
         session = ChatSession(model, tokenizer)
         session.ask("What is in the picture?", images=["cat.png"])
         session.ask("And what colour is it?")
+
+    With `enable_thinking=True` (InternVL3.5's thinking mode) the model card's reasoning
+    system prompt is used; each reply's thinking is in `reply.reasoning`, and `history`
+    keeps whole replies (`reply.raw`), as upstream's chat() does.
     """
 
     def __init__(
         self, model, tokenizer, *, template: str | None = None, system_message: str | None = None,
         max_tiles: int | None = None, generation: GenerationSettings | dict | None = None,
+        enable_thinking: bool = False,
     ) -> None:
         _ensure_context_id(model, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
         self.template = model_template(model, template)
-        self.system_message = system_message
+        self.enable_thinking = enable_thinking
+        self.system_message = thinking_system_message(system_message, enable_thinking)
         self.max_tiles = max_tiles
         if isinstance(generation, dict):
             generation, _ = GenerationSettings.from_dict(generation)
@@ -99,7 +106,7 @@ class ChatSession:
     def ask(
         self, question: str, images: Sequence[Any] = (), *, generation: GenerationSettings | dict | None = None,
         streamer: Any = None, max_tiles: int | None = None,
-    ) -> str:
+    ) -> ChatReply:
         """Ask one question (with new images, if any) and return the reply.
 
         Args:
@@ -109,7 +116,7 @@ class ChatSession:
             generation: settings for this turn (default: the session's).
             streamer: a transformers streamer that receives the reply as it is generated.
         Returns:
-            The reply text (also appended to `history`).
+            The reply: the answer as a str, with `.reasoning` and `.raw` (what `history` gets).
         """
         first_new = len(self.num_patches_list)
         for image in images:
@@ -125,8 +132,8 @@ class ChatSession:
         settings = generation or self.generation
         ids = self.prompt_ids(question)
         new = self._generate(ids, settings, streamer)
-        response = clean_response(self.tokenizer.decode(new, skip_special_tokens=True), self.template, settings.stop)
-        self.history.append((question, response))
+        response = decode_reply(self.tokenizer, new, self.template, settings.stop)
+        self.history.append((question, response.raw))
         return response
 
     @torch.no_grad()

@@ -38,6 +38,7 @@ def read_config(path: str | Path) -> tuple[ModelConfig, str]:
         raw = json.loads(file.read_text("utf-8"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{file}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    refuse_flash(raw, str(file))
     layout = convert.detect_layout(raw, str(file))
     try:
         if layout == convert.OFFICIAL:
@@ -112,6 +113,40 @@ def _config_hint(key: str, config: ModelConfig | None) -> str:
                     f"{getattr(config.vision, name)!r}; upstream's default when absent is "
                     f"{UPSTREAM_VISION_DEFAULTS[name]!r})")
     return ""
+
+
+# InternVL3.5-Flash: the Visual Resolution Router (ViR) routes each tile to 256 tokens (mlp1)
+# or 64 tokens (a second pixel shuffle + `mlp2`), by a router (`pooling_before_gating` +
+# `gating`) with relative/absolute thresholds from config.json. Published in the Flash
+# checkpoints' remote code (OpenGVLab/InternVL3_5-*-Flash, modeling_internvl_chat.py:
+# extract_feature_flash, generate_flash); tilevl does not implement it yet, so it refuses
+# these checkpoints rather than load them without their router.
+_FLASH_CONFIG_KEYS = ("flash_mode", "flash_relative_threshold", "flash_absolute_threshold")
+_FLASH_MODULES = ("mlp2", "pooling_before_gating", "gating")
+
+
+def _flash_message(where: str, found: str) -> str:
+    return (f"{where}: {found}: this is an InternVL3.5-Flash checkpoint; its Visual Resolution "
+            "Router (ViR: modules pooling_before_gating + gating routing each tile to mlp1's 256 "
+            "or mlp2's 64 tokens) is not implemented in tilevl; use the non-Flash InternVL3.5 "
+            "checkpoint of the same size")
+
+
+def refuse_flash(raw_config: dict, where: str) -> None:
+    """Raise CheckpointError for an InternVL3.5-Flash config.json (its ViR keys)."""
+    found = [k for k in _FLASH_CONFIG_KEYS if k in raw_config and raw_config[k] not in (None, False)]
+    if found:
+        raise CheckpointError(_flash_message(where, f"key {found[0]!r}"))
+
+
+def _refuse_flash_weights(pairs, where: str):
+    """Pass (key, tensor) pairs through; raise at the first weight of a ViR module."""
+    for key, tensor in pairs:
+        parts = key.split(".")
+        top = parts[1] if parts[0] == "model" and len(parts) > 1 else parts[0]
+        if top in _FLASH_MODULES:
+            raise CheckpointError(_flash_message(where, f"weight {key!r}"))
+        yield key, tensor
 
 
 def _context_token_id_from_files(folder: Path) -> int | None:
@@ -199,6 +234,10 @@ def load_model(
         model = VisionLanguageModel(config, attn_implementation)
     target = torch.device("cpu") if device_map is not None else torch.device(device)
     pairs = ((key, tensor) for key, tensor, _ in iter_tensors(files))
+
+
+    pairs = _refuse_flash_weights(((key, tensor) for key, tensor, _ in iter_tensors(files)), str(folder))
+    ours = convert.official_to_ours(pairs, config) if layout == convert.OFFICIAL else convert.native_to_ours(pairs, str(folder))
     where = str(folder)
     ours = (convert.official_to_ours(pairs, config, where) if layout == convert.OFFICIAL
             else convert.native_to_ours(pairs, where, config))

@@ -20,10 +20,12 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Template:
-    """One conversation format (upstream's `Conversation` with `SeparatorStyle.MPT`).
+    """One conversation format (upstream's `Conversation` with `SeparatorStyle.MPT`/`MPT_TWO`).
 
     Rendering: `system_template.format(system_message) + sep`, then for every turn
-    `role + message + sep`, and a bare assistant `role` to ask for a reply.
+    `role + message + sep`, and a bare assistant `role` to ask for a reply. With a
+    `final_sep` (upstream's `sep2` in `MPT_TWO`), an assistant message that ends the
+    conversation is closed by `final_sep` instead of `sep`.
 
     Attributes:
         name: the official name, as in the `template` field of a checkpoint's config.json.
@@ -32,6 +34,10 @@ class Template:
         roles: (user role prefix, assistant role prefix).
         sep: written after the system block and after every message.
         extra_stop_strings: upstream's `stop_str`, besides the end token.
+        final_sep: closes the conversation's last assistant message; upstream generates
+            until it (and not until `sep`, which also ends a reply's inner channels).
+        channels: replies carry harmony channel markup (`<|channel|>final<|message|>…`),
+            made of special tokens that decoding must keep (upstream decodes so).
     """
 
     name: str
@@ -40,11 +46,13 @@ class Template:
     roles: tuple[str, str]
     sep: str
     extra_stop_strings: tuple[str, ...] = ()
+    final_sep: str | None = None
+    channels: bool = False
 
     @property
     def end_token(self) -> str:
-        """The token ending each message (`sep.strip()`); upstream generates until it."""
-        return self.sep.strip()
+        """The token ending a reply (`(final_sep or sep).strip()`); upstream generates until it."""
+        return (self.final_sep or self.sep).strip()
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -63,6 +71,14 @@ _SYSTEM_V1_5 = (
 _SYSTEM_V2_5 = (
     "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位"
     "联合开发的多模态大语言模型。"
+)
+
+# InternVL3.5's Qwen3 models (dense and MoE) keep `internvl2_5` (their training scripts pass
+# --conv_style "internvl2_5"); only the GPT-OSS model has its own template and prompt.
+_SYSTEM_GPT_OSS = (
+    "You are InternVL, a large language model trained by Shanghai AI Laboratory.\n"
+    "Knowledge cutoff: 2024-06\nCurrent date: 2025-08-06\n\nReasoning: low\n\n"
+    "# Valid channels: final. Channel must be included for every message."
 )
 
 TEMPLATES: Mapping[str, Template] = {
@@ -101,6 +117,19 @@ TEMPLATES: Mapping[str, Template] = {
             system_message=_SYSTEM_V2_5,
             roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
             sep="<|im_end|>\n",
+        ),
+        # Harmony (OpenAI's GPT-OSS format) for InternVL3.5-GPT-OSS-20B-A4B. Source:
+        # internvl_chat_gpt_oss/internvl/model/internvl_chat/conversation.py (commit
+        # 2410d1d, `SeparatorStyle.MPT_TWO`). The assistant role stops before the channel:
+        # the reply itself starts with `<|channel|>final<|message|>`.
+        Template(
+            name="internvl3_5_gpt_oss",
+            system_template="<|start|>system<|message|>{system_message}",
+            system_message=_SYSTEM_GPT_OSS,
+            roles=("<|start|>user<|message|>", "<|start|>assistant"),
+            sep="<|end|>",
+            final_sep="<|return|>",
+            channels=True,
         ),
         # Ours, not upstream's: internvl2_5's format with a short English system prompt, for
         # the embedded tilevl-tiny model. Its tokenizer is trained on English MiniBench text,
@@ -260,9 +289,8 @@ def render(
         (template.system_template.format(system_message=system_message) + template.sep, False)
     ]
     user_role, assistant_role = template.roles
-    end, trailer = template.end_token, template.sep[len(template.sep.rstrip()):]
     next_image = 0
-    for role, content in turns:
+    for index, (role, content) in enumerate(turns):
         if role == "user":
             parts = content.split(IMAGE_PLACEHOLDER)
             segments.append((user_role + parts[0], False))
@@ -274,6 +302,9 @@ def render(
         else:
             # Upstream trains on the reply and its end token, not on the role prefix nor
             # on internvl2_5's "\n" after <|im_end|>.
+            last = index == len(turns) - 1 and not add_generation_prompt
+            closer = template.final_sep if (last and template.final_sep) else template.sep
+            end, trailer = closer.strip(), closer[len(closer.rstrip()):]
             segments += [(assistant_role, False), (content + end, True), (trailer, False)]
     if add_generation_prompt:
         segments.append((assistant_role, False))

@@ -16,6 +16,14 @@ from tilevl.errors import InputError
 from tilevl.inputs.image import IMAGENET_MEAN, IMAGENET_STD, tile_image
 from tilevl.optional import require
 
+# The model cards' video chat: `load_video(video_path, num_segments=8, max_num=1)`, one 448 px
+# tile per frame (no thumbnail then) and "Frame{i}: <image>\n" lines. Every card from
+# InternVL2 through InternVL3 and InternVL3.5 (Qwen3, MoE and GPT-OSS; the "video
+# multi-round conversation" example of OpenGVLab/InternVL3_5-*) calls it with these values,
+# so they are the defaults for every checkpoint; no family needs its own.
+CARD_NUM_SEGMENTS = 8
+CARD_TILES_PER_FRAME = 1
+
 
 def get_index(bound: Sequence[float] | None, fps: float, max_frame: int, first_idx: int = 0,
               num_segments: int = 32) -> np.ndarray:
@@ -58,8 +66,9 @@ def video_prompt(num_frames: int) -> str:
     return "".join(f"Frame{i + 1}: <image>\n" for i in range(num_frames))
 
 
-def load_video(path: str | os.PathLike, num_segments: int = 8,
-               bound: Sequence[float] | None = None, *, image_size: int = 448, max_num: int = 1,
+def load_video(path: str | os.PathLike, num_segments: int = CARD_NUM_SEGMENTS,
+               bound: Sequence[float] | None = None, *, image_size: int = 448,
+               max_num: int = CARD_TILES_PER_FRAME,
                use_thumbnail: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD
                ) -> tuple[torch.Tensor, list[int]]:
     """Decode a video with PyAV, sample frames with `get_index`, and tile each frame.

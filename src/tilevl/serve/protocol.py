@@ -85,6 +85,10 @@ class ChatCompletionRequest(OpenAIBaseModel):
     max_tiles: int | None = Field(None, ge=1)  # tiles per image, as upstream's max_num
     top_k: int | None = Field(None, ge=0)  # 0 or None: no top-k cut
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)  # transformers' meaning
+    # InternVL3.5's thinking mode, as vLLM and SGLang take it (`chat_template_kwargs:
+    # {"enable_thinking": true}`) or as a top-level field; other template kwargs are refused.
+    chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: bool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -104,6 +108,24 @@ class ChatCompletionRequest(OpenAIBaseModel):
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def thinking(self) -> bool:
+        """Whether the request asks for thinking mode (either field; they must agree).
+
+        Raises:
+            ValueError: an unknown template kwarg, a non-bool `enable_thinking`, or the two
+                fields disagreeing (the message names the field).
+        """
+        kwargs = dict(self.chat_template_kwargs or {})
+        nested = kwargs.pop("enable_thinking", None)
+        if kwargs:
+            raise ValueError(f"chat_template_kwargs: unsupported key(s) {sorted(kwargs)}; "
+                             "only 'enable_thinking' is understood")
+        if nested is not None and not isinstance(nested, bool):
+            raise ValueError("chat_template_kwargs.enable_thinking must be true or false")
+        if nested is not None and self.enable_thinking is not None and nested != self.enable_thinking:
+            raise ValueError("enable_thinking and chat_template_kwargs.enable_thinking disagree")
+        return bool(nested if nested is not None else self.enable_thinking)
 
     def requested_max_tokens(self) -> int | None:
         """`max_completion_tokens`, else `max_tokens` (OpenAI's precedence)."""
@@ -128,6 +150,8 @@ class UsageInfo(OpenAIBaseModel):
 class ChatCompletionMessage(OpenAIBaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    # --8<-- extension (vLLM's name): the thinking the reply marked, apart from `content`
+    reasoning_content: str | None = None
 
 
 class ChatCompletionChoice(OpenAIBaseModel):
@@ -149,6 +173,7 @@ class ChatCompletionResponse(OpenAIBaseModel):
 class DeltaMessage(OpenAIBaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None  # extension, as in ChatCompletionMessage
 
 
 class ChatCompletionChunkChoice(OpenAIBaseModel):

@@ -109,6 +109,9 @@ class BatchScheduler:
         prefix_cache: KV of earlier prompts and image features to reuse (None: none kept).
     """
 
+    # Harmony templates' replies are marked by special tokens (channel headers): keep them.
+    keep_special_tokens: bool = False
+
     def __init__(self, model, tokenizer, *, eos_ids: Sequence[int], text_stops: Sequence[str] = (),
                  pad_id: int, max_batch_size: int = 16, queue_size: int = 64,
                  shared_prefix: Sequence[int] = (), max_prefill_tokens: int = 4096,
@@ -450,7 +453,7 @@ class BatchScheduler:
             finish = "stop"
         else:
             row.tokens.append(token)
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=not self.keep_special_tokens)
         stops = self.text_stops + params.stop
         cuts = [text.find(s) for s in stops if s in text]
         if cuts:

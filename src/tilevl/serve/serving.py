@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 import torch
 
 from tilevl.chat.engine import model_template, pad_id
+from tilevl.chat.thinking import ChannelStream, ReasoningStream, split_reasoning, thinking_system_message
 from tilevl.errors import InputError
 from tilevl.inputs.image import load_image, preprocess
 from tilevl.inputs.template import IMAGE_PLACEHOLDER, render, stop_token_ids
@@ -159,6 +160,7 @@ class OpenAIServingChat:
             max_batch_size=self.settings.max_batch_size, queue_size=self.settings.queue_size,
             shared_prefix=self._system_prefix(), max_prefill_tokens=self.settings.max_prefill_tokens,
             prefix_cache=self.prefix_cache)
+        self.scheduler.keep_special_tokens = self.template.channels  # GPT-OSS: answer by channel
         self._pool = ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="tilevl-prep")
         self._render_lock = threading.Lock()  # a fast tokenizer must not encode in two threads
         self._preparing = 0
@@ -227,6 +229,7 @@ class OpenAIServingChat:
         self._preparing += 1
         try:
             conversation, urls = messages_to_conversation(request.messages)
+            conversation = apply_thinking(conversation, request)
             if len(urls) > self.settings.max_images_per_request:
                 raise ServingError(400, f"the request has {len(urls)} images; the limit is "
                                    f"max_images_per_request={self.settings.max_images_per_request}",
@@ -448,8 +451,11 @@ class OpenAIServingChat:
                 if update.finish_reason:
                     reasons[update.index] = update.finish_reason
                     completion += update.completion_tokens
-        choices = [ChatCompletionChoice(index=i, message=ChatCompletionMessage(content=t), finish_reason=r)
-                   for i, (t, r) in enumerate(zip(texts, reasons))]
+        choices = []
+        for i, (t, r) in enumerate(zip(texts, reasons)):
+            reasoning, answer = split_reasoning(t, self.template.channels)
+            message = ChatCompletionMessage(content=answer, reasoning_content=reasoning)
+            choices.append(ChatCompletionChoice(index=i, message=message, finish_reason=r))
         return ChatCompletionResponse(model=self.model_name, choices=choices, usage=UsageInfo(
             prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion))
 
@@ -462,6 +468,8 @@ class OpenAIServingChat:
 
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         finished, completion = 0, 0
+        # Thinking apart from content, as split_reasoning does for whole replies.
+        splitters = [ChannelStream() if self.template.channels else ReasoningStream() for _ in range(request.n)]
         try:
             for i in range(request.n):
                 yield chunk([ChatCompletionChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
@@ -473,7 +481,13 @@ class OpenAIServingChat:
                         yield f"data: {_json(error.to_dict())}\n\n"
                     break
                 for u in event[1]:
-                    delta = DeltaMessage(content=u.text) if u.text else DeltaMessage()
+                    reasoning, content = splitters[u.index].feed(u.text or "")
+                    if u.finish_reason:
+                        tail_reasoning, tail_content = splitters[u.index].finish()
+                        reasoning, content = reasoning + tail_reasoning, content + tail_content
+                    if not (content or reasoning or u.finish_reason):
+                        continue  # the splitter holds a possible tag back
+                    delta = DeltaMessage(content=content or None, reasoning_content=reasoning or None)
                     yield chunk([ChatCompletionChunkChoice(index=u.index, delta=delta, finish_reason=u.finish_reason)])
                     if u.finish_reason:
                         finished += 1
@@ -485,6 +499,26 @@ class OpenAIServingChat:
         finally:
             watcher.cancel()
             work.cancel()
+
+
+def apply_thinking(conversation: list[dict[str, str]], request: ChatCompletionRequest) -> list[dict[str, str]]:
+    """Put InternVL3.5's thinking prompt in front when the request asks for thinking mode.
+
+    Raises:
+        ServingError: 400 for a malformed thinking field, or thinking with another system message.
+    """
+    try:
+        enable = request.thinking()
+    except ValueError as exc:
+        raise ServingError(400, str(exc), param="chat_template_kwargs") from None
+    if not enable:
+        return conversation
+    has_system = bool(conversation) and conversation[0]["role"] == "system"
+    try:
+        system = thinking_system_message(conversation[0]["content"] if has_system else None, True)
+    except InputError as exc:
+        raise ServingError(400, str(exc), param="messages") from None
+    return [{"role": "system", "content": system}, *conversation[1 if has_system else 0:]]
 
 
 def _json(data) -> str:

@@ -55,7 +55,8 @@ async function onImagesChosen() {
 
 function formValues() {
   return { system: $("system").value, maxTokens: $("max-tokens").value, temperature: $("temperature").value,
-           topP: $("top-p").value, maxTiles: $("max-tiles").value };
+           topP: $("top-p").value, maxTiles: $("max-tiles").value,
+           thinking: $("thinking").checked };
 }
 
 function buildRequest(history) {
@@ -115,7 +116,13 @@ async function send(event) {
   const bubble = addMessage("assistant", "");
   bubble.dataset.state = "streaming";
   const out = bubble.querySelector(".text");
-  let reply = "";
+  const thinking = document.createElement("details");  // the reply's thinking, folded
+  thinking.className = "thinking";
+  thinking.dataset.testid = "thinking-text";
+  thinking.appendChild(document.createElement("summary")).textContent = "thinking";
+  const thought = thinking.appendChild(document.createElement("div"));
+  bubble.insertBefore(thinking, out);
+  let reply = "", reasoning = "";
   state.controller = new AbortController();
   $("send").disabled = true;
   $("stop").disabled = false;
@@ -136,6 +143,11 @@ async function send(event) {
       if (data.error) throw new Error(data.error.message);
       if (data.usage) usage = data.usage;
       for (const choice of data.choices || []) {
+        if (choice.delta && choice.delta.reasoning_content) {
+          reasoning += choice.delta.reasoning_content;
+          thought.textContent = reasoning;
+          thinking.dataset.filled = "true";
+        }
         if (choice.delta && choice.delta.content) {
           reply += choice.delta.content;
           out.textContent = reply;
@@ -143,7 +155,7 @@ async function send(event) {
         }
       }
     });
-    if (!reply) out.textContent = "(empty reply)";
+    if (!reply) out.textContent = reasoning ? "(no answer after the thinking)" : "(empty reply)";
     bubble.dataset.state = "done";
     setStatus(usage ? `${usage.prompt_tokens} prompt + ${usage.completion_tokens} reply tokens` : "done");
   } catch (err) {
@@ -159,9 +171,11 @@ async function send(event) {
     setStatus(err.name === "AbortError" ? "stopped" : "error");
   } finally {
     // A stopped reply (even a partial one) stays, so the next turn follows it; a failed
-    // turn is dropped, so a bad image cannot break every later message.
+    // turn is dropped, so a bad image cannot break every later message. The thinking
+    // stays in <think> tags, as upstream's chat() keeps replies in its history.
+    const whole = reasoning ? `<think>\n${reasoning}\n</think>\n\n${reply}` : reply;
     if (conversation === state.conversation) {
-      state.history = core.afterTurn(state.history, userMessage, reply, bubble.dataset.state);
+      state.history = core.afterTurn(state.history, userMessage, whole, bubble.dataset.state);
     }
     state.controller = null;
     $("send").disabled = false;

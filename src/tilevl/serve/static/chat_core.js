@@ -47,6 +47,8 @@
       temperature: clamp(form.temperature, settings.temperature, false),
       top_p: clamp(form.topP, settings.topP, false),
       max_tiles: clamp(form.maxTiles, settings.maxTiles, true),  // tilevl's extension
+      // InternVL3.5's thinking mode, as vLLM takes it; the thinking streams as reasoning_content.
+      chat_template_kwargs: { enable_thinking: !!form.thinking },
     };
   }
 
