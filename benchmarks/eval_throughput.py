@@ -132,6 +132,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved timings; best kept")
     parser.add_argument("--tokens", type=int, default=16, help="answer length (forced)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--preset", default="small", help="a random-weight preset (tiny: a quick check)")
     parser.add_argument("--no-peer", action="store_true", help="skip transformers (the peer)")
     parser.add_argument("--dtypes", default=None,
                         help="comma-separated; default fp32,bf16 on CPU and bf16 on CUDA")
@@ -140,7 +141,7 @@ def main() -> int:
     from tilevl.resolve import open_model
 
     dtypes = (args.dtypes or ("fp32,bf16" if args.device == "cpu" else "bf16")).split(",")
-    print(f"small preset on {args.device} ({torch.get_num_threads()} threads), "
+    print(f"{args.preset} preset on {args.device} ({torch.get_num_threads()} threads), "
           f"{args.questions} questions, 1 tile each, {args.tokens} new tokens per answer")
     rates: dict[str, tuple[float, float]] = {}
     peer_rates: dict[str, float] = {}
@@ -148,7 +149,7 @@ def main() -> int:
         tmp = Path(tmp)
         data = write_questions(tmp, args.questions)
         for dtype in dtypes:
-            model, tokenizer = open_model("small", dtype=dtype, device=args.device, quiet=True)
+            model, tokenizer = open_model(args.preset, dtype=dtype, device=args.device, quiet=True)
             peer = None
             if not args.no_peer:
                 from tilevl.chat.engine import model_template, pad_id
@@ -158,7 +159,7 @@ def main() -> int:
                 eos, pad = stop_token_ids(tokenizer, template), pad_id(tokenizer, template)
                 processor = peer_image_processor(model)
                 batches = peer_batches(model, tokenizer, data, 8)
-                fp32 = model if dtype == "fp32" else open_model("small", device=args.device, quiet=True)[0]
+                fp32 = model if dtype == "fp32" else open_model(args.preset, device=args.device, quiet=True)[0]
                 peer = load_peer(export_native(fp32, tmp / f"peer-{dtype}"), device=args.device)
                 check_against_peer(fp32, peer, processor, batches[0], eos, pad, args.tokens)
                 peer = peer.to(model.dtype)
