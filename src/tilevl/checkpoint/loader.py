@@ -143,7 +143,7 @@ def load_model(
     with init_empty_weights(include_buffers=False), no_init_weights():
         model = VisionLanguageModel(config, attn_implementation)
     target = torch.device("cpu") if device_map is not None else torch.device(device)
-    pairs = ((key, tensor) for key, tensor, _ in iter_tensors(files))
+    pairs = ((key, tensor) for key, tensor, _ in iter_tensors(files, cast_to=dtype))
     ours = convert.official_to_ours(pairs, config) if layout == convert.OFFICIAL else convert.native_to_ours(pairs, str(folder))
     where = str(folder)
     for key, tensor in ours:
