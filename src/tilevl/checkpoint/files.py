@@ -6,9 +6,12 @@ unless the caller opts in, and even then it is read with `weights_only=True`.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
@@ -66,10 +69,11 @@ def iter_tensors(files: Iterable[Path], cast_to: torch.dtype | None = None
                  ) -> Iterator[tuple[str, torch.Tensor, Path]]:
     """Yield (key, tensor, file) one tensor at a time, so only one is in memory at once.
 
-    Tensors are views of the file's memory map (read lazily, shared with the page cache),
-    except floating tensors stored in another dtype than `cast_to`: those are read into a
-    private buffer that the cast frees, because a mapped tensor's pages stay in the process's
-    RSS until the whole file is closed (a 1.5 GB fp32 file cast to bf16 peaked at 2.25 GB).
+    Tensors are views of the file's memory map, read lazily and shared with the page cache.
+    A mapped page stays in the process's RSS until the file is closed, so when the caller
+    casts to `cast_to`, the pages of each floating tensor stored in another dtype are handed
+    back once the caller has moved on to the next one (a 1.5 GB fp32 file loaded as bf16
+    otherwise peaks at 2.25 GB); reading such a page again just maps it again from the file.
     """
     for file in files:
         if file.suffix in _PICKLE_SUFFIXES:
@@ -78,51 +82,68 @@ def iter_tensors(files: Iterable[Path], cast_to: torch.dtype | None = None
                 yield key, tensor, file
             continue
         try:
-            with safe_open(file, framework="pt") as reader, open(file, "rb") as raw:
-                header = _header(raw, file) if cast_to is not None else {}
+            with safe_open(file, framework="pt") as reader:
+                mapped = None
                 for key in reader.keys():
-                    entry = header.get(key)
-                    stored = _SAFETENSORS_DTYPES.get(entry["dtype"]) if entry else None
-                    if stored is not None and stored.is_floating_point and stored != cast_to:
-                        yield key, _read_private(raw, entry, stored, file), file
-                    else:
-                        yield key, reader.get_tensor(key), file
+                    tensor = reader.get_tensor(key)
+                    yield key, tensor, file
+                    if cast_to is not None and tensor.is_floating_point() and tensor.dtype != cast_to:
+                        mapped = _mapped_ranges(file) if mapped is None else mapped
+                        _release_pages(tensor, mapped)
         except CheckpointError:
             raise
         except Exception as exc:  # safetensors raises its own error types for broken files
             raise CheckpointError(f"{file}: cannot read safetensors ({exc})") from None
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}
+def _mapped_ranges(file: Path) -> list[tuple[int, int]]:
+    """Address ranges where this process maps `file` (Linux /proc/self/maps; else none)."""
+    target = str(Path(file).resolve())
+    ranges = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == target:
+                    lo, hi = fields[0].split("-")
+                    ranges.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        return []
+    return ranges
 
 
-def _header(raw, file: Path) -> dict:
-    """The JSON header of a safetensors file: {key: {dtype, shape, data_offsets}}, offsets absolute."""
-    raw.seek(0)
-    size = int.from_bytes(raw.read(8), "little")
-    if size <= 0 or size > 100 * 2**20:
-        raise CheckpointError(f"{file}: not a safetensors file (header size {size})")
-    header = json.loads(raw.read(size))
-    header.pop("__metadata__", None)
-    for entry in header.values():
-        entry["data_offsets"] = [8 + size + offset for offset in entry["data_offsets"]]
-    return header
+def _release_pages(tensor: torch.Tensor, mapped: list[tuple[int, int]]) -> None:
+    """Drop the whole pages under a never-written tensor of the file map from this process's RSS.
+
+    MADV_DONTNEED on a file mapping discards only this process's page table entries: the
+    data stays in the file and the page cache, and a later read maps it in again, so the
+    tensor's values never change. Memory outside the file's mapping (a copy) is never
+    touched: there the same call would zero it. A no-op where madvise is not available.
+    """
+    libc = _libc()
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    if libc is None or end == start or not any(lo <= start and end <= hi for lo, hi in mapped):
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    first, last = -(-start // page) * page, end // page * page  # whole pages inside the tensor
+    if last > first:
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
 
-def _read_private(raw, entry: dict, dtype: torch.dtype, file: Path) -> torch.Tensor:
-    """One tensor read with plain file reads into its own buffer (no memory map)."""
-    start, end = entry["data_offsets"]
-    buffer = bytearray(end - start)
-    raw.seek(start)
-    if raw.readinto(buffer) != len(buffer):
-        raise CheckpointError(f"{file}: truncated (tensor data ends at byte {end})")
-    if not buffer:
-        return torch.empty(entry["shape"], dtype=dtype)
-    return torch.frombuffer(buffer, dtype=torch.uint8).view(dtype).reshape(entry["shape"])
+_MADV_DONTNEED = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 def tensor_keys(files: Iterable[Path]) -> dict[str, Path]:
