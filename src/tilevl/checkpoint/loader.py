@@ -1,7 +1,9 @@
 """Load and save whole models: a local folder in the official or the transformers layout.
 
-Loading builds the network without allocating weights (accelerate's empty init), then
-assigns each tensor as it is read, so the weights are never held twice.
+Loading builds the network without allocating or initialising weights (meta device, no
+random init), then assigns each tensor as it is read, so the weights are never held twice:
+tensors kept in their stored dtype stay views of the safetensors memory map (read lazily),
+cast ones give their file pages back as soon as they are converted (see files.iter_tensors).
 """
 
 from __future__ import annotations
