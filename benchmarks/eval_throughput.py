@@ -2,9 +2,10 @@
 on the `small` preset (random weights), both timed in this one process; ratio printed last.
 
 Each dtype is timed on its own model (fp32 and bf16 on CPU: bf16 is what every published
-InternVL checkpoint stores and what `tilevl eval` keeps; on a CPU with AMX it halves the
-compute-bound prefill, where batching cannot help).  The last line is the demanding reading:
-the best batch-8 rate over the best batch-1 rate, whatever dtype each came from.
+InternVL checkpoint stores and what `tilevl eval` keeps; on a CPU with bf16 instructions
+(avx512_bf16 on the project's machine, which has no AMX) it speeds up the compute-bound
+prefill, where batching cannot help).  The ratio line is the demanding reading: the best
+batch-8 rate over the best batch-1 rate, whatever dtype each came from.
 
 Peer: transformers' InternVLForConditionalGeneration on the same weights (`tilevl convert
 --layout native`), batch 8, its image processor cutting the tiles, the same prompt ids
