@@ -1,9 +1,11 @@
-"""Speed of dynamic tiling: tilevl.inputs.image.tile_image vs upstream's per-tile pipeline.
+"""Speed of dynamic tiling: tilevl.inputs.image.tile_image vs upstream's pipeline and transformers.
 
 Baseline ("reference"): InternVL's `dynamic_preprocess` + `build_transform` written out with
 numpy/torch instead of torchvision: resize the whole image (Pillow bicubic), crop each tile,
 then per tile ToTensor (uint8 HWC → float CHW / 255) and Normalize, and stack. Both start from
-the same decoded RGB PIL image. Outputs are compared (max abs diff) before anything is timed.
+the same decoded RGB PIL image. Peer: transformers' InternVL image processor (GotOcr2's PIL
+backend; its fast backend needs torchvision) with the same tiling settings. Outputs are
+compared (max abs diff) before anything is timed; the last line is tilevl/peer.
 Run: .venv/bin/python benchmarks/tiling.py [--repeat 5] [--threads N]
 """
 
@@ -19,10 +21,11 @@ import torch
 from PIL import Image
 
 try:
-    from tilevl.inputs.image import IMAGENET_MEAN, IMAGENET_STD, choose_grid, tile_image
+    from tilevl.inputs.image import IMAGENET_MEAN, IMAGENET_STD, ImageSettings, choose_grid, tile_image
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from tilevl.inputs.image import IMAGENET_MEAN, IMAGENET_STD, choose_grid, tile_image
+    from tilevl.inputs.image import IMAGENET_MEAN, IMAGENET_STD, ImageSettings, choose_grid, tile_image
+from _peer import peer_image_processor  # noqa: E402
 
 CASES = [  # (width, height, max_num)
     (800, 600, 12), (1920, 1080, 12), (3840, 2160, 12),
@@ -60,48 +63,60 @@ def make_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
-def best_times(ref_fn, ours_fn, repeat: int) -> tuple[float, float]:
-    """Fastest seconds per call of each, calls interleaved so both see the same machine load."""
-    ref_fn(), ours_fn()  # warm-up: thread pool, caches, allocator
-    ref, ours = [], []
+def best_times(fns, repeat: int) -> list[float]:
+    """Fastest seconds per call of each, calls interleaved so all see the same machine load."""
+    for fn in fns:  # warm-up: thread pool, caches, allocator
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        for fn, times in ((ref_fn, ref), (ours_fn, ours)):
+        for fn, record in zip(fns, times):
             t = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t)
-    return min(ref), min(ours)
+            record.append(time.perf_counter() - t)
+    return [min(record) for record in times]
+
+
+class _Settings:  # what peer_image_processor reads from a model
+    image_settings = ImageSettings()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--cases", type=int, default=len(CASES), help="only the first N images")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (tile_image uses as many resize threads)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}, best of {args.repeat} interleaved runs")
-    print(f"{'image':>10} {'max':>4} {'tiles':>5} {'ref img/s':>10} {'ours img/s':>11} "
-          f"{'speed-up':>9} {'max|diff|':>10}")
-    total_ref = total_ours = 0.0
-    for width, height, max_num in CASES:
+    print(f"{'image':>10} {'max':>4} {'tiles':>5} {'ref img/s':>10} {'peer img/s':>11} "
+          f"{'ours img/s':>11} {'vs ref':>7} {'vs peer':>8} {'max|diff|':>10}")
+    processor = peer_image_processor(_Settings)
+    cases = CASES[: args.cases]
+    totals = [0.0, 0.0, 0.0]  # reference, peer, ours
+    for width, height, max_num in cases:
         img = make_image(width, height)
         want = reference_tiles(img, max_num=max_num)
         got = tile_image(img, max_num=max_num)
-        diff = (got - want).abs().max().item()
-        if got.shape != want.shape or diff > 1e-6:
-            raise SystemExit(f"outputs differ for {width}×{height} max_num={max_num}: "
-                             f"shapes {tuple(got.shape)} vs {tuple(want.shape)}, diff {diff}")
-        t_ref, t_ours = best_times(lambda: reference_tiles(img, max_num=max_num),
-                                   lambda: tile_image(img, max_num=max_num), args.repeat)
-        total_ref += t_ref
-        total_ours += t_ours
-        print(f"{width:>5}×{height:<4} {max_num:>4} {got.shape[0]:>5} {1 / t_ref:>10.1f} "
-              f"{1 / t_ours:>11.1f} {t_ref / t_ours:>8.2f}× {diff:>10.2e}")
-    n = len(CASES)
-    print(f"all {n} images: reference {n / total_ref:.2f} img/s, tilevl {n / total_ours:.2f} img/s")
-    print(f"ratio (tilevl speed / reference speed): {total_ref / total_ours:.2f}")
-
+        peer = processor(images=[img], max_patches=max_num, return_tensors="pt")["pixel_values"]
+        diff = max((got - want).abs().max().item(), (peer - want).abs().max().item())
+        if got.shape != want.shape or peer.shape != want.shape or diff > 1e-6:
+            raise SystemExit(f"outputs differ for {width}×{height} max_num={max_num}: shapes "
+                             f"{tuple(got.shape)}, {tuple(peer.shape)} vs {tuple(want.shape)}, diff {diff}")
+        t_ref, t_peer, t_ours = best_times([
+            lambda: reference_tiles(img, max_num=max_num),
+            lambda: processor(images=[img], max_patches=max_num, return_tensors="pt"),
+            lambda: tile_image(img, max_num=max_num)], args.repeat)
+        for i, t in enumerate((t_ref, t_peer, t_ours)):
+            totals[i] += t
+        print(f"{width:>5}×{height:<4} {max_num:>4} {got.shape[0]:>5} {1 / t_ref:>10.1f} {1 / t_peer:>11.1f} "
+              f"{1 / t_ours:>11.1f} {t_ref / t_ours:>6.2f}× {t_peer / t_ours:>7.2f}× {diff:>10.2e}")
+    n = len(cases)
+    print(f"all {n} images: reference {n / totals[0]:.2f} img/s, transformers {n / totals[1]:.2f} img/s, "
+          f"tilevl {n / totals[2]:.2f} img/s")
+    print(f"ratio (tilevl speed / reference speed): {totals[0] / totals[2]:.2f}")
+    print(f"tilevl/peer (tilevl speed / transformers speed): {totals[1] / totals[2]:.2f}")
 
 if __name__ == "__main__":
     main()
