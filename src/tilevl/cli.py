@@ -126,7 +126,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.model is not None and not looks_like_path and not is_model_spec(args.model):
         # `tilevl chat "What is this?"`: no model named, the words are the prompt.
         args.prompt, args.model = [args.model, *args.prompt], None
-    model, tokenizer = open_model(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device)
+    model, tokenizer = open_model(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device,
+                                  quantize=args.quantize)
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                       temperature=args.temperature or None, top_p=args.top_p, top_k=args.top_k,
                       num_beams=args.num_beams, repetition_penalty=args.repetition_penalty,
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: as stored)")
     p.add_argument("--device", default="cpu")
+    from tilevl.resolve import add_quantize_argument
+
+    add_quantize_argument(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("convert", help="rewrite a checkpoint in another layout")
