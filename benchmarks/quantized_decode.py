@@ -134,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved bf16/int8 timings")
     parser.add_argument("--minibench-questions", type=int, default=300, help="0 skips MiniBench")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, few tokens (for tests)")
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.tokens, args.prompt, args.repeats, args.minibench_questions = "tiny", 8, 16, 1, 8
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from tilevl.checkpoint.quantize import quantize_model
     from tilevl.model.vlm import build_model
 

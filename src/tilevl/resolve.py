@@ -33,8 +33,8 @@ def add_quantize_argument(parser) -> None:
     from tilevl.checkpoint.quantize import QUANTIZE_MODES
 
     parser.add_argument("--quantize", default=None, choices=QUANTIZE_MODES,
-                        help="int8: weight-only int8 LLM layers and LM head (faster single-stream "
-                             "decode, half the LLM's weight memory); default: off")
+                        help="int8: weight-only int8 LLM linear layers and LM head (half the weight "
+                             "bytes read per decoded token: faster single-stream decode); default: off")
 
 
 def is_model_spec(spec: str) -> bool:
