@@ -51,10 +51,16 @@ def test_serve_builds_its_app_on_a_quantized_model(opened):
     pytest.importorskip("fastapi")
     from tilevl.serve.commands import build_app_from_args
 
+    from fastapi.testclient import TestClient
+
     args = build_parser().parse_args(["serve", "tilevl-tiny", "--quantize", "int8"])
-    build_app_from_args(args, web=False)
+    app = build_app_from_args(args, web=False)
     (kwargs, model), = opened
     assert kwargs["quantize"] == "int8" and is_quantized(model)
+    with TestClient(app) as client:  # the scheduler decodes 2 rows through the int8 kernel
+        reply = client.post("/v1/chat/completions", json={
+            "model": "tilevl-tiny", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "n": 2})
+    assert reply.status_code == 200 and len(reply.json()["choices"]) == 2
 
 
 def test_eval_loads_a_quantized_model(opened, tmp_path, one_thread):
