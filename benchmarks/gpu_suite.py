@@ -269,31 +269,42 @@ def section_attention(suite: Suite) -> list[Row]:
     llm = suite.model.language_model
     before = llm.config._attn_implementation
     rows = []
-    for name in ("sdpa", "flash_attention_2", "eager"):
-        try:
-            if name == "flash_attention_2":
-                need_cuda(suite.device)
-                need_module("flash_attn", "pip install flash-attn")
-            llm.set_attn_implementation(name)
-        except Skip as why:
-            rows.append(Row("attention", name, f"skipped: {why}"))
-            continue
-        with torch.no_grad():
-            suite.model.generate(ids, pixels, max_new_tokens=2, min_new_tokens=2, do_sample=False)  # warm-up
-            sync(suite.device)
-            start = time.perf_counter()
-            suite.model.generate(ids, pixels, max_new_tokens=1, do_sample=False)
-            sync(suite.device)
-            prefill = time.perf_counter() - start
-            steps = suite.args.tokens // 2
-            start = time.perf_counter()
-            suite.model.generate(ids, pixels, max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False)
-            sync(suite.device)
-            decode = steps / max(time.perf_counter() - start - prefill, 1e-9)
-        rows.append(Row("attention", f"{name}, {ids.shape[1]}-token prompt ({tiles} tile(s))",
-                        f"prefill {1000 * prefill:.0f} ms, then {decode:.1f} tok/s"))
-    llm.set_attn_implementation(before)
+    try:
+        for name in ("sdpa", "flash_attention_2", "eager"):
+            try:
+                if name == "flash_attention_2":
+                    need_cuda(suite.device)
+                    need_module("flash_attn", "pip install flash-attn")
+                llm.set_attn_implementation(name)
+                prefill, decode = _time_prompt(suite, ids, pixels)
+            except Skip as why:
+                rows.append(Row("attention", name, f"skipped: {why}"))
+                continue
+            except Exception as exc:  # a broken kernel install: say so, keep the other rows
+                rows.append(Row("attention", name, f"ERROR {type(exc).__name__}: {str(exc)[:160]}"))
+                continue
+            rows.append(Row("attention", f"{name}, {ids.shape[1]}-token prompt ({tiles} tile(s))",
+                            f"vision + prefill {1000 * prefill:.0f} ms, then {decode:.1f} tok/s"))
+    finally:
+        llm.set_attn_implementation(before)
     return rows
+
+
+def _time_prompt(suite: Suite, ids: torch.Tensor, pixels: torch.Tensor) -> tuple[float, float]:
+    """(seconds to the first token, decode tokens/s after it) of one greedy reply."""
+    model = suite.model
+    with torch.no_grad():
+        model.generate(ids, pixels, max_new_tokens=2, min_new_tokens=2, do_sample=False)  # warm-up
+        sync(suite.device)
+        start = time.perf_counter()
+        model.generate(ids, pixels, max_new_tokens=1, do_sample=False)
+        sync(suite.device)
+        prefill = time.perf_counter() - start
+        steps = suite.args.tokens // 2
+        start = time.perf_counter()
+        model.generate(ids, pixels, max_new_tokens=steps + 1, min_new_tokens=steps + 1, do_sample=False)
+        sync(suite.device)
+    return prefill, steps / max(time.perf_counter() - start - prefill, 1e-9)
 
 
 def section_8bit(suite: Suite) -> list[Row]:
