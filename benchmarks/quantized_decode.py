@@ -79,17 +79,15 @@ def greedy_decode(model, prompt: torch.Tensor, tokens: int) -> tuple[float, list
     out = llm(input_ids=prompt, cache=cache, use_cache=True)
     first_logits = out.logits[0, -1].float()
     token = out.logits[:, -1:].argmax(-1)
-    ids, steps = [], []
+    ids, steps = [int(token)], []
     start = time.perf_counter()
     for _ in range(tokens):
-        ids.append(int(token))  # int() waits for the step, on a GPU too
         step = time.perf_counter()
         out = llm(input_ids=token, cache=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
+        ids.append(int(token))  # int() waits for the step to finish, on a GPU too
         steps.append(time.perf_counter() - step)
-    if prompt.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, ids, first_logits, steps
+    return time.perf_counter() - start, ids[:tokens], first_logits, steps
 
 
 @torch.no_grad()
