@@ -131,7 +131,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
             raise ConfigError(unknown_model_message(args.model) + hint)
         # `tilevl chat "What is this?"`: no model named, the words are the prompt.
         args.prompt, args.model = [args.model, *args.prompt], None
-    model, tokenizer = open_model(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device)
+    model, tokenizer = open_model(args.model or DEFAULT_MODEL, dtype=args.dtype, device=args.device,
+                                  quantize=args.quantize)
     if args.temperature is None:  # the model cards recommend sampling at 0.6 when thinking
         from tilevl.chat.thinking import THINKING_TEMPERATURE
 
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: as stored)")
     p.add_argument("--device", default="cpu")
+    from tilevl.resolve import add_quantize_argument
+
+    add_quantize_argument(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("convert", help="rewrite a checkpoint in another layout")

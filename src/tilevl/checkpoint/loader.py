@@ -206,6 +206,7 @@ def load_model(
     device_map: str | dict | None = None,
     attn_implementation: str = "sdpa",
     load_in_8bit: bool = False,
+    quantize: str | None = None,
     allow_pickle: bool = False,
 ) -> VisionLanguageModel:
     """Load a local checkpoint folder in the official or the transformers-native layout.
@@ -219,6 +220,8 @@ def load_model(
             GPUs with the vision tower, embeddings, final norm and head on the first one.
         attn_implementation: the LLM's attention ("sdpa", "eager", "flash_attention_2").
         load_in_8bit: quantise the LLM's linear layers with bitsandbytes (GPU only).
+        quantize: "int8": weight-only int8 LLM linear layers and LM head with PyTorch's
+            int8 kernels, CPU or GPU (`tilevl.checkpoint.quantize`); None keeps the weights.
         allow_pickle: read `.bin`/`.pt` weights with `torch.load(weights_only=True)`.
     Returns:
         The model in eval mode, `img_context_token_id` set when the folder names it.
@@ -227,7 +230,10 @@ def load_model(
     from transformers.initialization import no_init_weights
 
     from tilevl.assets import resolve_folder
+    from tilevl.checkpoint.quantize import check_quantize, quantize_model
 
+    if check_quantize(quantize) and load_in_8bit:
+        raise CheckpointError(f"quantize={quantize!r} and load_in_8bit=True are two quantizations; pick one")
     folder = resolve_folder(path)
     config, layout = read_config(folder)
     files = weight_files(folder, allow_pickle=allow_pickle)
@@ -248,6 +254,8 @@ def load_model(
     model.eval()
     if load_in_8bit:
         model = _quantize_8bit(model)
+    if quantize:
+        model = quantize_model(model, quantize)
     if device_map is not None:
         from tilevl.checkpoint.placement import dispatch
 
@@ -311,6 +319,11 @@ def save_model(
     """
     if layout not in (convert.OFFICIAL, convert.NATIVE):
         raise CheckpointError(f"layout must be 'official' or 'native', got {layout!r}")
+    from tilevl.checkpoint.quantize import is_quantized
+
+    if is_quantized(model):
+        raise CheckpointError(f"{path}: refusing to save a quantized model (int8 weights are a load "
+                              "option, not a checkpoint layout); save the unquantized model")
     config = model.config
     if model.img_context_token_id is not None:
         config.img_context_token_id = model.img_context_token_id

@@ -38,6 +38,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: as stored)")
     p.add_argument("--device", default="cpu", help="cpu, cuda (each torchrun rank takes cuda:LOCAL_RANK)")
+    from tilevl.resolve import add_quantize_argument
+
+    add_quantize_argument(p)
     _add_judge_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -63,7 +66,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = args.device
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    model, tokenizer = open_model(args.model, dtype=args.dtype, device=device, quiet=rank != 0)
+    model, tokenizer = open_model(args.model, dtype=args.dtype, device=device, quiet=rank != 0,
+                                  quantize=args.quantize)
     out = args.out or str(Path("eval-results") / f"{args.bench}-{Path(args.model).name}")
     cfg = EvalConfig(
         bench=args.bench, data=args.data, out=out, image_root=args.image_root,

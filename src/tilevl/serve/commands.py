@@ -44,6 +44,9 @@ def _add_common(parser: argparse.ArgumentParser, port: int) -> None:
                         help="the model id clients send (default: the folder's or preset's name)")
     parser.add_argument("--dtype", default=None, help="bf16, fp16, fp32 or auto (the stored dtype)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    from tilevl.resolve import add_quantize_argument
+
+    add_quantize_argument(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     limits = parser.add_argument_group("limits (ServeSettings)")
     hints = typing.get_type_hints(ServeSettings)
@@ -83,7 +86,8 @@ def build_app_from_args(args: argparse.Namespace, web: bool):
     from tilevl.serve.api import create_app
 
     settings = settings_from_args(args)
-    model, tokenizer = open_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = open_model(args.model, dtype=args.dtype, device=args.device,
+                                  quantize=getattr(args, "quantize", None))
     return create_app(model, tokenizer, model_name=served_name(args.model, args.served_model_name),
                       settings=settings, web=web)
 
