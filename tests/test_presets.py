@@ -8,17 +8,13 @@ import importlib
 import pytest
 
 from tilevl.errors import ConfigError
-from tilevl.presets import (
-    PRESETS,
-    PUBLISHED_PARAMS,
-    SYNTHETIC_PRESETS,
+from tilevl.param_count import (
     count_llm_parameters,
     count_parameters,
     count_projector_parameters,
     count_vision_parameters,
-    get_preset,
-    preset_names,
 )
+from tilevl.presets import PRESETS, PUBLISHED_PARAMS, SYNTHETIC_PRESETS, get_preset, preset_names
 
 PUBLISHED = [n for n in preset_names() if n not in SYNTHETIC_PRESETS]
 

@@ -279,7 +279,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print a checkpoint's or preset's architecture, sizes and preprocessing settings."""
     from tilevl.checkpoint.loader import read_config
     from tilevl.config import ModelConfig
-    from tilevl.presets import count_parameters
+    from tilevl.param_count import count_parameters
 
     if args.model is None:
         return _list_presets()
@@ -301,7 +301,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _list_presets() -> int:
     """`tilevl info` with no MODEL: every preset with its LLM, template and size."""
-    from tilevl.presets import SYNTHETIC_PRESETS, count_parameters, get_preset, preset_names
+    from tilevl.param_count import count_parameters
+    from tilevl.presets import SYNTHETIC_PRESETS, get_preset, preset_names
 
     print(f"{'preset':38s} {'llm':22s} {'template':20s} {'parameters':>17s}")
     for name in preset_names():
