@@ -23,27 +23,11 @@ import threading
 import time
 
 import torch
-from PIL import Image, ImageDraw
-
-QUESTIONS = [
-    "Please describe the image in detail.",
-    "What colour is the largest shape?",
-    "How many circles can you see?",
-    "Is there any text in the picture? Read it out.",
-    "Which shape is on the left side?",
-    "Summarise our conversation in one sentence.",
-]
-
+from chat_turns import QUESTIONS, make_image  # the same conversation as the in-process benchmark
 
 def image_url() -> str:
     """A 3:2 drawing: with at most 6 tiles it is cut 3×2, plus a thumbnail = 7 tiles."""
-    image = Image.new("RGB", (960, 640), "white")
-    draw = ImageDraw.Draw(image)
-    for i in range(12):
-        x, y = 60 + 70 * i, 80 + 35 * (i % 5)
-        draw.ellipse((x, y, x + 60, y + 60), fill=(20 * i, 100, 255 - 20 * i))
-    draw.rectangle((100, 400, 500, 600), fill="orange")
-    draw.text((600, 450), "HELLO TILEVL", fill="black")
+    image = make_image()
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
