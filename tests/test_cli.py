@@ -228,6 +228,32 @@ def test_new_family_train_full_and_lora_then_merge(tmp_path, family_checkpoint, 
     assert (tmp_path / "ev" / "results.json").exists()
 
 
+@pytest.mark.parametrize("family", ["tiny-qwen3-moe", "tiny-gpt-oss"])
+def test_moe_expert_lora_train_then_merge_lora(tmp_path, family, tokenizer, one_thread):
+    """`--llm_lora_experts`: the adapter trains the stacked experts; merge-lora folds them."""
+    from tests.train._colours import CONFIG
+
+    ckpt = tmp_path / "ckpt"
+    model = tilevl.build_model(family, seed=0)
+    model.img_context_token_id = img_context_token_id(tokenizer)
+    tilevl.save_model(model, ckpt, tokenizer=tokenizer)
+    meta = _colour_data(tmp_path / "data")
+    assert main(["train", str(CONFIG), "--model", str(ckpt), "--meta_path", str(meta), "--max_steps", "2",
+                 "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "run"),
+                 "--use_llm_lora", "4", "--llm_lora_experts", "true", "--lora_dropout", "0",
+                 "--freeze_backbone", "true", "--freeze_mlp", "true", "--learning_rate", "0.05"]) == 0
+    assert main(["merge-lora", str(ckpt), str(tmp_path / "run" / "adapter"), str(tmp_path / "merged")]) == 0
+    base, merged = tilevl.load_model(ckpt).state_dict(), tilevl.load_model(tmp_path / "merged").state_dict()
+    changed = {n for n, p in merged.items() if not torch.equal(p, base[n])}
+    assert any(n.endswith("mlp.experts.gate_up_proj") for n in changed)
+    assert any(n.endswith("mlp.experts.down_proj") for n in changed)
+    assert all(".self_attn." in n or ".mlp.experts." in n for n in changed)
+    # The run's own merged checkpoint (save_merged) folds the same adapter the same way.
+    own = tilevl.load_model(tmp_path / "run" / "model").state_dict()
+    for name in changed:
+        torch.testing.assert_close(own[name], merged[name])
+
+
 def test_new_family_serve_and_web_apps(family_checkpoint):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient

@@ -96,3 +96,44 @@ def test_bad_targets_are_named(model):
 
     with pytest.raises(ConfigError, match="llm_lora_targets: no module"):
         apply_lora(model, TrainConfig(use_llm_lora=4, llm_lora_targets=["attention.wqkv"]))
+
+
+# ---- MoE experts: PEFT target_parameters on the stacked 3-D expert weights ---------------------
+def test_expert_lora_trains_the_experts(tokenizer):
+    from tilevl import build_model
+    from tilevl.train.lora import expert_lora_parameters
+
+    model = build_model("tiny-qwen3-moe", seed=0)
+    assert expert_lora_parameters(model) == ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"]
+    config = TrainConfig(use_llm_lora=2, llm_lora_experts=True, lora_dropout=0.0, freeze_backbone=True,
+                         freeze_mlp=True)
+    wrapped = apply_lora(model, config)
+    experts = {n: p for n, p in wrapped.named_parameters() if "experts" in n and "lora_" in n}
+    # Two ParamWrappers per layer (gate_up inside down, or the other way), A and B each: 2·2·2.
+    assert len(experts) == 8 and all(p.requires_grad for p in experts.values())
+    # A: [r·E, in] (PEFT stacks the experts' ranks), so the 4 experts get rank 2 each.
+    assert {p.shape[0] for n, p in experts.items() if "lora_A" in n} == {2 * 4}
+    before = {n: p.detach().clone() for n, p in experts.items()}
+    opt = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=0.1)
+    ids = torch.randint(10, 300, (2, 16))
+    for _ in range(2):
+        loss = wrapped(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = [n for n, p in experts.items() if p.grad is not None and p.grad.abs().sum() > 0]
+        assert len(grads) >= 4  # every B has a gradient from step 1, the As once B moved off 0
+        opt.step()
+        opt.zero_grad()
+    assert all(not torch.equal(p, before[n]) for n, p in experts.items())
+    base = [p for n, p in model.language_model.named_parameters() if n.endswith((".gate_up_proj", ".down_proj")) and "experts" in n]
+    assert base and not any(p.requires_grad for p in base)  # the fused base weights stay frozen
+
+
+def test_expert_lora_refuses_dense_llms_and_dropout(model):
+    from tilevl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="llm_lora_experts: the LLM has no stacked"):
+        apply_lora(model, TrainConfig(use_llm_lora=2, llm_lora_experts=True, lora_dropout=0.0))
+    with pytest.raises(ConfigError, match="llm_lora_experts: needs lora_dropout: 0"):
+        TrainConfig(use_llm_lora=2, llm_lora_experts=True)
+    with pytest.raises(ConfigError, match="llm_lora_experts: needs use_llm_lora > 0"):
+        TrainConfig(llm_lora_experts=True, lora_dropout=0.0)

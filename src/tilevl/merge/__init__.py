@@ -10,7 +10,6 @@ from tilevl.merge.lora import (
     LoraModule,
     adapter_deltas,
     fold_adapter,
-    low_rank_factors,
     merge_adapters,
     merge_lora_into_checkpoint,
     module_delta,
@@ -20,6 +19,7 @@ from tilevl.merge.peft_lora import COMBINATION_TYPES, merge_lora_factors, write_
 from tilevl.merge.methods import (
     METHODS,
     drop_at_random,
+    low_rank_factors,
     merge_dare,
     merge_deltas,
     merge_linear,

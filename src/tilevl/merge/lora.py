@@ -24,7 +24,10 @@ from tilevl.checkpoint.files import INDEX_NAME, AtomicFolder, iter_tensors, weig
 from tilevl.checkpoint.loader import load_model, read_config, save_model
 from tilevl.config import ModelConfig
 from tilevl.errors import CheckpointError, ConfigError
-from tilevl.merge.methods import merge_deltas, method_parameters
+from tilevl.merge.expert_lora import (
+    expert_delta, is_param_wrapper, refuse_stacked, resolve_expert_wrappers, wrapped_module_suffixes,
+)
+from tilevl.merge.methods import low_rank_factors, merge_deltas, method_parameters
 from tilevl.model.vlm import VisionLanguageModel
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -43,17 +46,20 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 class LoraModule:
     """One adapted module: where its factors live, its rank and its scale.
 
-    Shapes: linear A [r, in], B [out, r]; embedding A [r, num], B [dim, r] (PEFT's).
+    Shapes: linear A [r, in], B [out, r]; embedding A [r, num], B [dim, r] (PEFT's); experts
+    (LoRA on a stacked MoE parameter [E, d1, d2]) A [r·E, q], B [p, r·E], `name` the parameter.
     """
 
     name: str
-    kind: str  # "linear" or "embedding"
+    # "linear", "embedding", "experts"; "wrapper": an experts LoRA whose parameter is not yet
+    # known (PEFT names it by nesting depth; `adapter_for_base` resolves it against the base).
+    kind: str
     a_key: str
     b_key: str
     rank: int
     scale: float  # lora_alpha / r, or lora_alpha / sqrt(r) with rslora
-    fan_in_fan_out: bool
-    delta_shape: tuple[int, int]  # the shape of the base weight it adds to
+    fan_in_fan_out: bool  # the weight is stored [in, out] (Conv1D; GPT-OSS experts [E, in, out])
+    delta_shape: tuple[int, ...]  # the shape of the base weight it adds to
     # Rows of the stored B this module uses (None: all): an InternLM2 `wqkv` adapter becomes
     # q/k/v modules sharing A, each with its rows of B (see `adapter_for_base`).
     b_rows: tuple[int, ...] | None = None
@@ -146,6 +152,7 @@ def read_adapter(path: str | Path) -> Adapter:
             kinds[name] = kind
     modules: dict[str, LoraModule] = {}
     fan = bool(config.get("fan_in_fan_out", False))
+    wrapped = wrapped_module_suffixes(config)
     for name, pair in factors.items():
         if set(pair) != {"A", "B"}:
             raise CheckpointError(f"{folder}: module {name!r} has lora_{''.join(pair)} but not both A and B")
@@ -154,6 +161,13 @@ def read_adapter(path: str | Path) -> Adapter:
         if b_shape[1] != rank:
             raise CheckpointError(f"{folder}: module {name!r}: lora_A has rank {rank}, lora_B has {b_shape[1]}")
         expected = int(_pattern_value(config.get("rank_pattern"), name, config.get("r", rank)))
+        if is_param_wrapper(name, wrapped) and expected > 0 and rank % expected == 0:
+            # Stacked experts: rank r per expert, A [r·E, q]; E and the parameter come from the base.
+            alpha = float(_pattern_value(config.get("alpha_pattern"), name, config.get("lora_alpha", expected)))
+            scale = alpha / expected**0.5 if config.get("use_rslora") else alpha / expected
+            shape = (rank // expected, b_shape[0], a_shape[1])  # [E, p, q], provisional
+            modules[name] = LoraModule(name, "wrapper", a_key, b_key, expected, scale, False, shape)
+            continue
         if expected != rank:
             raise CheckpointError(
                 f"{folder}: module {name!r}: factors have rank {rank}, adapter_config.json says {expected}; "
@@ -184,6 +198,11 @@ def module_delta(adapter: Adapter, name: str) -> torch.Tensor:
     """
     module = adapter.modules[name]
     a, b = adapter.lora_pair(name)
+    if module.kind == "wrapper":
+        raise CheckpointError(f"{adapter.path}: module {name!r} is LoRA on a stacked parameter; resolve it "
+                              "against the base first (adapter_for_base)")
+    if module.kind == "experts":
+        return expert_delta(a, b, module.delta_shape[0], module.scale, module.fan_in_fan_out)
     delta = (b.float() @ a.float()) * module.scale  # [out, in] / [dim, num]
     if module.kind == "embedding" or module.fan_in_fan_out:
         delta = delta.T  # PEFT transposes embedding and Conv1D deltas the same way
@@ -216,6 +235,7 @@ def adapter_for_base(adapter: Adapter, config: ModelConfig) -> Adapter:
     """
     from tilevl.checkpoint.internlm2 import convert_internlm2_key, is_internlm2
 
+    adapter = resolve_expert_wrappers(adapter, config)
     if not is_internlm2(config.llm) or not any(_INTERNLM2_MODULE.match(n) for n in adapter.modules):
         return adapter
     modules: dict[str, LoraModule] = {}
@@ -243,6 +263,11 @@ def adapter_for_base(adapter: Adapter, config: ModelConfig) -> Adapter:
     return Adapter(adapter.path, adapter.config, modules, adapter.fingerprint)
 
 
+def weight_name(module: LoraModule) -> str:
+    """The parameter the module's delta adds to (a stacked-experts module is named by it)."""
+    return module.name if module.kind == "experts" else module.name + ".weight"
+
+
 def _check_fits(model: nn.Module, adapter: Adapter) -> None:
     """Refuse an adapter whose modules the model lacks, does not fit, or ties to another."""
     owners: dict[int, list[str]] = {}
@@ -250,7 +275,7 @@ def _check_fits(model: nn.Module, adapter: Adapter) -> None:
         owners.setdefault(id(param), []).append(pname)
     for name, module in adapter.modules.items():
         try:
-            weight = model.get_submodule(name).weight
+            weight = model.get_parameter(weight_name(module))
         except AttributeError:
             raise CheckpointError(
                 f"{adapter.path}: module {name!r} is not in the base model (was the adapter trained on another base?)"
@@ -260,7 +285,7 @@ def _check_fits(model: nn.Module, adapter: Adapter) -> None:
                 f"{adapter.path}: module {name!r}: the LoRA delta has shape {module.delta_shape}, the base "
                 f"weight {tuple(weight.shape)} (was the adapter trained on another base?)"
             )
-        tied = [n for n in owners.get(id(weight), []) if n != name + ".weight"]
+        tied = [n for n in owners.get(id(weight), []) if n != weight_name(module)]
         if tied:
             raise CheckpointError(
                 f"{adapter.path}: module {name!r}: its weight is tied to {tied}; folding would change both "
@@ -294,8 +319,8 @@ def fold_adapter(model: nn.Module, adapter: Adapter | str | Path) -> nn.Module:
         )
     _check_fits(model, adapter)  # before touching any weight: an error leaves the model as it was
     with torch.no_grad():
-        for name in adapter.modules:
-            weight = model.get_submodule(name).weight
+        for name, module in adapter.modules.items():
+            weight = model.get_parameter(weight_name(module))
             weight.add_(module_delta(adapter, name).to(weight.device, weight.dtype))
     model.config.extra[MERGED_KEY] = [*done, adapter.fingerprint]
     return model
@@ -431,27 +456,6 @@ def _merged_modules(adapters: Sequence[Adapter], names: Sequence[str], method: s
         yield name, merged
 
 
-def low_rank_factors(delta: torch.Tensor, rank: int, kind: str = "linear", fan_in_fan_out: bool = False):
-    """PEFT factors (A, B) of the rank-`rank` truncated SVD of a dense delta (scale 1).
-
-    Args:
-        delta: in the base weight's layout ([out, in] Linear, [num, dim] Embedding).
-        rank: target rank; a delta of lower rank is padded with zero factors.
-        kind, fan_in_fan_out: as in `LoraModule`, to undo the transposes of `module_delta`.
-    Returns:
-        (A [rank, q], B [p, rank]) with B·A ≈ the delta in PEFT's orientation [p, q].
-    """
-    matrix = delta.T if (kind == "embedding" or fan_in_fan_out) else delta  # PEFT's B·A orientation
-    u, s, vh = torch.linalg.svd(matrix.float(), full_matrices=False)  # [p, k], [k], [k, q]
-    k = min(rank, s.numel())
-    root = s[:k].sqrt()  # split √S between the factors so both have similar norms
-    a = torch.zeros(rank, matrix.shape[1])
-    b = torch.zeros(matrix.shape[0], rank)
-    a[:k] = root[:, None] * vh[:k]
-    b[:, :k] = u[:, :k] * root
-    return a, b
-
-
 def merge_adapters(
     base_path: str | Path,
     adapter_paths: Sequence[str | Path],
@@ -510,13 +514,18 @@ def merge_adapters(
     if mode == "peft-lora":
         from tilevl.merge.peft_lora import merge_adapters_peft
 
-        _folded_already(base, [read_adapter(p) for p in adapter_paths])
+        sources = [read_adapter(p) for p in adapter_paths]
+        for adapter in sources:
+            refuse_stacked(adapter_for_base(adapter, read_config(base)[0]), "merge --mode peft-lora")
+        _folded_already(base, sources)
         return merge_adapters_peft(base, adapter_paths, out_path, method, density, weights,
                                    as_lora_rank, progress, layout=layout, seed=seed,
                                    max_shard_size=max_shard_size, overwrite=overwrite)
     config, base_layout = read_config(base)
     adapters = [adapter_for_base(read_adapter(p), config) for p in adapter_paths]
     names = _check_adapters_agree(adapters)
+    if as_lora_rank is not None:
+        refuse_stacked(adapters[0], "merge --as-lora (a truncated SVD per 2-D weight)")
     with torch.device("meta"):  # shapes and ties only; allocates nothing
         skeleton = VisionLanguageModel(config)
     for adapter in adapters:
@@ -529,7 +538,7 @@ def merge_adapters(
         if as_lora_rank is not None:
             _write_lora(tmp, merged_iter, adapters[0], int(as_lora_rank), base)
         else:
-            targets = {name + ".weight" for name in names}
+            targets = {weight_name(adapters[0].modules[name]): name for name in names}
             pairs = _add_merged(_base_pairs(base, config, base_layout), merged_iter, targets, base)
             _write_ours(tmp, pairs, config, layout, max_shard_size)
             folded = list(record) if record is not None else [a.fingerprint for a in adapters]
@@ -537,19 +546,21 @@ def merge_adapters(
     return Path(out_path)
 
 
-def _add_merged(base_pairs, merged_iter, targets: set[str], base: Path):
+def _add_merged(base_pairs, merged_iter, targets: dict[str, str], base: Path):
     """Add each merged delta to its base weight as the base streams past.
 
+    `targets` maps a base weight's name to its module's (they differ by ".weight", except for
+    stacked experts, whose module is named by the parameter).
     The merged deltas are computed lazily, one module when its base weight arrives; a
     checkpoint stored in another module order than the adapter costs a short look-ahead.
     """
     waiting: dict[str, torch.Tensor] = {}
     for key, tensor in base_pairs:
         if key in targets:
-            while key[: -len(".weight")] not in waiting:
+            while targets[key] not in waiting:
                 name, merged = next(merged_iter)
                 waiting[name] = merged
-            merged = waiting.pop(key[: -len(".weight")])
+            merged = waiting.pop(targets[key])
             yield key, (tensor.float() + merged).to(tensor.dtype)
             del merged
         else:

@@ -289,3 +289,24 @@ def merge_deltas(method: str, deltas: Deltas, **kw) -> torch.Tensor:
     if unknown:
         raise ConfigError(f"merge method {method!r} takes no {unknown}; it takes {sorted(accepted)}")
     return METHODS[method](deltas, **kw)
+
+
+def low_rank_factors(delta: torch.Tensor, rank: int, kind: str = "linear", fan_in_fan_out: bool = False):
+    """PEFT factors (A, B) of the rank-`rank` truncated SVD of a dense delta (scale 1).
+
+    Args:
+        delta: in the base weight's layout ([out, in] Linear, [num, dim] Embedding).
+        rank: target rank; a delta of lower rank is padded with zero factors.
+        kind, fan_in_fan_out: as in `LoraModule`, to undo the transposes of `module_delta`.
+    Returns:
+        (A [rank, q], B [p, rank]) with B·A ≈ the delta in PEFT's orientation [p, q].
+    """
+    matrix = delta.T if (kind == "embedding" or fan_in_fan_out) else delta  # PEFT's B·A orientation
+    u, s, vh = torch.linalg.svd(matrix.float(), full_matrices=False)  # [p, k], [k], [k, q]
+    k = min(rank, s.numel())
+    root = s[:k].sqrt()  # split √S between the factors so both have similar norms
+    a = torch.zeros(rank, matrix.shape[1])
+    b = torch.zeros(matrix.shape[0], rank)
+    a[:k] = root[:, None] * vh[:k]
+    b[:, :k] = u[:, :k] * root
+    return a, b

@@ -45,6 +45,9 @@ class TrainConfig:
     lora_alpha: float | None = None  # None: 2 × rank, as upstream
     lora_dropout: float = 0.05
     llm_lora_targets: list[str] | None = None  # None: upstream's list for the LLM's architecture
+    # MoE LLMs: also LoRA on the experts' fused 3-D weights (PEFT target_parameters, rank
+    # use_llm_lora per expert); needs use_llm_lora > 0 and an LLM with stacked experts.
+    llm_lora_experts: bool = False
     vision_lora_targets: list[str] = field(default_factory=lambda: list(VISION_LORA_TARGETS))
     # ---- model and data ---------------------------------------------------------------------
     grad_checkpoint: bool = True
@@ -105,6 +108,11 @@ class TrainConfig:
         rules = [
             (self.use_llm_lora >= 0, "use_llm_lora", "must be a rank ≥ 0"),
             (self.use_backbone_lora >= 0, "use_backbone_lora", "must be a rank ≥ 0"),
+            (not self.llm_lora_experts or self.use_llm_lora > 0, "llm_lora_experts",
+             "needs use_llm_lora > 0 (the experts' LoRA rank)"),
+            # PEFT's ParamWrapper folds the delta into the weight, so no dropout on its input.
+            (not self.llm_lora_experts or self.lora_dropout == 0, "llm_lora_experts",
+             f"needs lora_dropout: 0 (PEFT's LoRA on 3-D parameters has no dropout; got {self.lora_dropout})"),
             (0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)"),
             (0 <= self.drop_path_rate < 1, "drop_path_rate", "must be in [0, 1)"),
             (self.max_seq_length >= 1, "max_seq_length", "must be ≥ 1"),

@@ -24,7 +24,8 @@ LLM_LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "internlm2": ("attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
                   "feed_forward.w3"),
     # Qwen3-MoE / GPT-OSS (no upstream list): their experts are stacked nn.Parameters, not
-    # Linear layers, so the default adapts attention only (the MoE test checks it).
+    # Linear layers, so the default adapts attention only (the MoE test checks it);
+    # `llm_lora_experts` adds the stacked weights (`expert_lora_parameters`).
     "moe": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
 }
 _VISION_PREFIX = r"vision_model\.encoder\.layers\.\d+\."
@@ -48,6 +49,29 @@ def default_llm_targets(model: nn.Module) -> list[str]:
             return list(targets)
     raise ConfigError("llm_lora_targets: the LLM has none of upstream's LoRA target sets "
                       f"{list(LLM_LORA_TARGETS.values())}; list its Linear layers in the config")
+
+
+def expert_lora_parameters(model: nn.Module) -> list[str]:
+    """The LLM's stacked expert weights as PEFT `target_parameters` suffixes.
+
+    transformers 5 keeps each MoE layer's experts as 3-D parameters [experts, d1, d2] on one
+    `experts` module (Qwen3-MoE `gate_up_proj`/`down_proj`; GPT-OSS the same names plus 2-D
+    biases, which LoRA does not adapt).
+
+    Returns:
+        Sorted suffixes, e.g. ["mlp.experts.down_proj", "mlp.experts.gate_up_proj"].
+    Raises:
+        ConfigError: the LLM has no 3-D expert parameter (a dense LLM).
+    """
+    found = set()
+    for name, param in model.language_model.named_parameters():
+        parts = name.split(".")
+        if param.ndim == 3 and len(parts) >= 3 and parts[-2] == "experts":
+            found.add(".".join(parts[-3:]))  # "mlp.experts.gate_up_proj"
+    if not found:
+        raise ConfigError("llm_lora_experts: the LLM has no stacked (3-D) expert weights; "
+                          "it is not a Qwen3-MoE / GPT-OSS style MoE")
+    return sorted(found)
 
 
 def _alternation(targets: Sequence[str]) -> str:
@@ -132,6 +156,8 @@ def apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
         target_modules="|".join(f"(?:{p})" for p in patterns.values()),
         rank_pattern={p: ranks[t] for t, p in patterns.items() if t != main},
         alpha_pattern={p: alpha[t] for t, p in patterns.items() if t != main},
+        # PEFT wraps each matched parameter in a ParamWrapper (rank r per expert).
+        target_parameters=expert_lora_parameters(model) if config.llm_lora_experts else None,
     )
     peft_model = peft.get_peft_model(model, lora_config)
     wrapped = tuple(f"{t}_model." if t == "vision" else "language_model." for t in patterns)
