@@ -21,379 +21,20 @@ from __future__ import annotations
 import copy
 
 from tilevl.errors import ConfigError
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks.  Each returns a fresh dict so presets never share nested objects.
-# ---------------------------------------------------------------------------------------------
-
-# The InternVL special tokens appended to every LLM tokenizer (see the Qwen2.5 tokenizer dump
-# in the InternVL3-1B notebook: ids 151665..151673 are <img> … </box>).
-_INTERNVL_EXTRA_TOKENS = 9
-
-
-def _vit_300m(**overrides) -> dict:
-    """InternViT-300M-448px (also -V2_5): 24 layers, width 1024, LayerNorm, qkv bias.
-
-    Verified against the vision_config of OpenGVLab/InternVL2-1B/config.json (copy in
-    github.com/tothelast/simlingo_qcar2_integration pretrained/InternVL2-1B/config.json) and
-    the InternVL2-8B config.json copy in the valora model_config module.
-    """
-    cfg = {
-        "architectures": ["InternVisionModel"],
-        "model_type": "intern_vit_6b",
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "num_channels": 3,
-        "image_size": 448,
-        "patch_size": 14,
-        "qkv_bias": True,
-        "qk_normalization": False,
-        "norm_type": "layer_norm",
-        "layer_norm_eps": 1e-06,
-        "hidden_act": "gelu",
-        "initializer_factor": 1.0,
-        "initializer_range": 0.02,
-        "drop_path_rate": 0.0,
-        "use_flash_attn": True,
-    }
-    cfg.update(overrides)
-    return cfg
-
-
-def _vit_6b(**overrides) -> dict:
-    """InternViT-6B-448px-V1-2/V1-5/V2_5 as used in the chat models: the 48-layer encoder with
-    its last 3 layers dropped (45 layers), width 3200, 25 heads, RMSNorm, qk-norm, no qkv bias.
-
-    Verified against the vision_config of OpenGVLab/InternVL2-26B/config.json (copy in the
-    valora model_config module); V1-2/V1-5 use the same shape (InternVL 1.5 report, Table 1).
-    """
-    cfg = {
-        "architectures": ["InternVisionModel"],
-        "model_type": "intern_vit_6b",
-        "hidden_size": 3200,
-        "intermediate_size": 12800,
-        "num_hidden_layers": 45,
-        "num_attention_heads": 25,
-        "num_channels": 3,
-        "image_size": 448,
-        "patch_size": 14,
-        "qkv_bias": False,
-        "qk_normalization": True,
-        "norm_type": "rms_norm",
-        "layer_norm_eps": 1e-06,
-        "hidden_act": "gelu",
-        "initializer_factor": 0.1,
-        "initializer_range": 1e-10,
-        "drop_path_rate": 0.0,
-        "use_flash_attn": True,
-    }
-    cfg.update(overrides)
-    return cfg
-
-
-def _internlm2(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
-               kv_heads: int, rope_factor: float, rope_theta=1000000,
-               vocab: int = 92544 + _INTERNVL_EXTRA_TOKENS) -> dict:
-    """An InternLM2/2.5 llm_config (InternLM2ForCausalLM, fused wqkv, no bias, untied head)."""
-    return {
-        "_name_or_path": name_or_path,
-        "architectures": ["InternLM2ForCausalLM"],
-        "model_type": "internlm2",
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
-        "hidden_act": "silu",
-        "max_position_embeddings": 32768,
-        "rms_norm_eps": 1e-05,
-        "rope_theta": rope_theta,
-        "rope_scaling": {"factor": rope_factor, "type": "dynamic"},
-        "bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 2,
-    }
-
-
-def _qwen2(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
-           kv_heads: int, vocab: int, rope_scaling=None, max_window_layers: int | None = None,
-           eos: int = 151645) -> dict:
-    """A Qwen2/Qwen2.5 llm_config (q/k/v carry a bias; InternVL unties the head)."""
-    cfg = {
-        "_name_or_path": name_or_path,
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
-        "hidden_act": "silu",
-        "max_position_embeddings": 32768,
-        "rms_norm_eps": 1e-06,
-        "rope_theta": 1000000.0,
-        "tie_word_embeddings": False,
-        "use_sliding_window": False,
-        "sliding_window": 32768,
-        "max_window_layers": layers if max_window_layers is None else max_window_layers,
-        "bos_token_id": 151643,
-        "eos_token_id": eos,
-    }
-    if rope_scaling is not None:
-        cfg["rope_scaling"] = rope_scaling
-    return cfg
-
-
-def _yi34b_hermes(vocab: int = 64000) -> dict:
-    """NousResearch/Nous-Hermes-2-Yi-34B llm_config (LlamaForCausalLM, GQA 56/8).
-
-    Verified: hidden 7168, inter 20480, 60 layers, 56/8 heads, rope_theta 5e6, eps 1e-5,
-    vocab 64000 from NousResearch/Nous-Hermes-2-Yi-34B/config.json (copies on the HF hub, e.g.
-    neuralmagic/Nous-Hermes-2-Yi-34B-pruned50); eos 7 and the LlamaForCausalLM / 4096-position
-    fields from the head of OpenGVLab/InternVL-Chat-V1-2/config.json.  Yi's tokenizer already
-    holds <|im_start|>/<|im_end|>; whether InternVL grew the embedding for its own tokens could
-    not be read (the tail of that file was not reachable), so vocab stays 64000 (±9 rows is
-    0.002 % of the count).
-    """
-    return {
-        "_name_or_path": "NousResearch/Nous-Hermes-2-Yi-34B",
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": 7168,
-        "intermediate_size": 20480,
-        "num_hidden_layers": 60,
-        "num_attention_heads": 56,
-        "num_key_value_heads": 8,
-        "vocab_size": vocab,
-        "hidden_act": "silu",
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-05,
-        "rope_theta": 5000000.0,
-        "rope_scaling": None,
-        "attention_bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 7,
-        "pad_token_id": 0,
-    }
-
-
-# Phi-3-mini-128k-instruct as first released (April 2024), which Mini-InternVL-Chat-4B-V1-5
-# (May 2024) and InternVL2-4B (July 2024) were built on: LongRoPE ("su") with 48 long and 48
-# short factors (head_dim 96 / 2).  Verified against two independent copies of that file's
-# rope_scaling: diffusers tests/pipelines/omnigen (Phi-3-vision-128k transformer_config) and
-# mlx-vlm tests (phi3_v).  The June 2024 refresh of Phi-3-mini-128k has different factors
-# (long_factor starting 1.07…) and type "longrope"; transformers treats "su" as "longrope".
-_PHI3_128K_LONG_FACTOR = [
-    1.0299999713897705, 1.0499999523162842, 1.0499999523162842, 1.0799999237060547,
-    1.2299998998641968, 1.2299998998641968, 1.2999999523162842, 1.4499999284744263,
-    1.5999999046325684, 1.6499998569488525, 1.8999998569488525, 2.859999895095825,
-    3.68999981880188, 5.419999599456787, 5.489999771118164, 5.489999771118164,
-    9.09000015258789, 11.579999923706055, 15.65999984741211, 15.769999504089355,
-    15.789999961853027, 18.360000610351562, 21.989999771118164, 23.079999923706055,
-    30.009998321533203, 32.35000228881836, 32.590003967285156, 35.56000518798828,
-    39.95000457763672, 53.840003967285156, 56.20000457763672, 57.95000457763672,
-    59.29000473022461, 59.77000427246094, 59.920005798339844, 61.190006256103516,
-    61.96000671386719, 62.50000762939453, 63.3700065612793, 63.48000717163086,
-    63.48000717163086, 63.66000747680664, 63.850006103515625, 64.08000946044922,
-    64.760009765625, 64.80001068115234, 64.81001281738281, 64.81001281738281,
-]
-_PHI3_128K_SHORT_FACTOR = [
-    1.05, 1.05, 1.05, 1.1, 1.1, 1.1, 1.2500000000000002, 1.2500000000000002,
-    1.4000000000000004, 1.4500000000000004, 1.5500000000000005, 1.8500000000000008,
-    1.9000000000000008, 2.000000000000001, 2.000000000000001, 2.000000000000001,
-    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
-    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
-    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
-    2.000000000000001, 2.000000000000001, 2.000000000000001, 2.000000000000001,
-    2.1000000000000005, 2.1000000000000005, 2.2, 2.3499999999999996,
-    2.3499999999999996, 2.3499999999999996, 2.3499999999999996, 2.3999999999999995,
-    2.3999999999999995, 2.6499999999999986, 2.6999999999999984, 2.8999999999999977,
-    2.9499999999999975, 3.049999999999997, 3.049999999999997, 3.049999999999997,
-]
-
-
-def _phi3_mini_128k() -> dict:
-    """microsoft/Phi-3-mini-128k-instruct llm_config (Phi3ForCausalLM: fused qkv_proj and
-    gate_up_proj, MHA 32/32, no bias).  Shape verified against the HF config.json head
-    (hidden 3072, inter 8192, 32 layers, 32/32 heads, 131072 positions, original 4096,
-    eps 1e-5).  vocab 32020 = Phi-3's 32011 tokens + InternVL's 9 (Phi-3 pads its own head
-    to 32064; InternVL resizes to the tokenizer) — per published base, not read from the
-    InternVL file."""
-    return {
-        "_name_or_path": "microsoft/Phi-3-mini-128k-instruct",
-        "architectures": ["Phi3ForCausalLM"],
-        "model_type": "phi3",
-        "hidden_size": 3072,
-        "intermediate_size": 8192,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 32,
-        "vocab_size": 32020,
-        "hidden_act": "silu",
-        "max_position_embeddings": 131072,
-        "original_max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-05,
-        "rope_theta": 10000.0,
-        "rope_scaling": {
-            "long_factor": list(_PHI3_128K_LONG_FACTOR),
-            "short_factor": list(_PHI3_128K_SHORT_FACTOR),
-            "type": "su",
-        },
-        "sliding_window": 262144,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 32000,
-        "pad_token_id": 32000,
-    }
-
-
-def _qwen25(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
-            kv_heads: int) -> dict:
-    """A Qwen2.5 llm_config as InternVL 2.5/3 ship it: vocab 151674 (151665 + InternVL's 9),
-    dynamic rope factor 2.0, untied head (see the InternVL3-1B config dump)."""
-    return _qwen2(name_or_path, hidden=hidden, inter=inter, layers=layers, heads=heads,
-                  kv_heads=kv_heads, vocab=151674,
-                  rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"})
-
-
-def _internlm3_8b() -> dict:
-    """internlm/internlm3-8b-instruct llm_config (InternLM3ForCausalLM: Llama-style q/k/v/o and
-    gate/up/down keys, GQA 32/2, head_dim 128, dynamic rope factor 6.0, no bias).  Shape per
-    its published config.json; transformers has InternLM3 natively (models/internlm3)."""
-    return {
-        "_name_or_path": "internlm/internlm3-8b-instruct",
-        "architectures": ["InternLM3ForCausalLM"],
-        "model_type": "internlm3",
-        "hidden_size": 4096,
-        "intermediate_size": 10240,
-        "num_hidden_layers": 48,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 2,
-        "head_dim": 128,
-        "vocab_size": 128512,
-        "hidden_act": "silu",
-        "max_position_embeddings": 32768,
-        "rms_norm_eps": 1e-05,
-        "rope_theta": 50000000,
-        "rope_scaling": {"factor": 6.0, "rope_type": "dynamic"},
-        "qkv_bias": False,
-        "bias": False,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 2,
-    }
-
-
-def _qwen3(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
-           kv_heads: int) -> dict:
-    """A Qwen3 dense llm_config (Qwen3ForCausalLM: head_dim 128, q/k RMSNorm, no bias, vocab
-    151936 — Qwen3's padded vocab already has room for InternVL's 9 tokens).  InternVL3.5
-    unties the head even where the base ties it (0.6B/1.7B/4B): the published totals (1.06B,
-    2.35B, 4.73B) are only reached with a separate head."""
-    return {
-        "_name_or_path": name_or_path,
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
-        "hidden_size": hidden,
-        "intermediate_size": inter,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": 128,
-        "vocab_size": 151936,
-        "hidden_act": "silu",
-        "max_position_embeddings": 40960,
-        "rms_norm_eps": 1e-06,
-        "rope_theta": 1000000,
-        "attention_bias": False,
-        "tie_word_embeddings": False,
-        "use_sliding_window": False,
-        "bos_token_id": 151643,
-        "eos_token_id": 151645,
-    }
-
-
-def _qwen3_moe(name_or_path: str, *, hidden: int, inter: int, moe_inter: int, layers: int,
-               heads: int, kv_heads: int, experts: int = 128, top_k: int = 8) -> dict:
-    """A Qwen3-MoE llm_config (Qwen3MoeForCausalLM: every layer sparse, 128 experts, top-8,
-    normalised top-k weights, head_dim 128, untied head)."""
-    return _qwen3(name_or_path, hidden=hidden, inter=inter, layers=layers, heads=heads,
-                  kv_heads=kv_heads) | {
-        "architectures": ["Qwen3MoeForCausalLM"],
-        "model_type": "qwen3_moe",
-        "moe_intermediate_size": moe_inter,
-        "num_experts": experts,
-        "num_experts_per_tok": top_k,
-        "norm_topk_prob": True,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [],
-        "router_aux_loss_coef": 0.001,
-    }
-
-
-def _gpt_oss_20b() -> dict:
-    """openai/gpt-oss-20b llm_config (GptOssForCausalLM: 24 layers alternating 128-token
-    sliding and full attention, 64/8 heads of 64, a learned sink logit per head, biases on
-    q/k/v/o, 32 experts top-4 with biases, YaRN rope x32 from 4096).  Per its config.json;
-    InternVL3.5-GPT-OSS keeps the experts in bf16 (the release's MXFP4 is not used)."""
-    return {
-        "_name_or_path": "openai/gpt-oss-20b",
-        "architectures": ["GptOssForCausalLM"],
-        "model_type": "gpt_oss",
-        "hidden_size": 2880,
-        "intermediate_size": 2880,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 64,
-        "num_key_value_heads": 8,
-        "head_dim": 64,
-        "num_local_experts": 32,
-        "num_experts_per_tok": 4,
-        "vocab_size": 201088,
-        "hidden_act": "silu",
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-05,
-        "rope_theta": 150000,
-        "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
-                         "truncate": False, "original_max_position_embeddings": 4096},
-        "sliding_window": 128,
-        "layer_types": ["sliding_attention", "full_attention"] * 12,
-        "attention_bias": True,
-        "swiglu_limit": 7.0,
-        "router_aux_loss_coef": 0.9,
-        "tie_word_embeddings": False,
-        "eos_token_id": 200002,
-        "pad_token_id": 199999,
-    }
-
-
-def _chat(vision: dict, llm: dict, *, template: str, ps_version: str = "v2",
-          dynamic: bool = True, max_patch: int = 12, thumbnail: bool | None = None,
-          force_image_size: int | None = None, downsample_ratio: float = 0.5) -> dict:
-    """The InternVLChatConfig top level around a vision and an llm block."""
-    return {
-        "architectures": ["InternVLChatModel"],
-        "model_type": "internvl_chat",
-        "template": template,
-        "select_layer": -1,
-        "force_image_size": vision["image_size"] if force_image_size is None else force_image_size,
-        "downsample_ratio": downsample_ratio,
-        "ps_version": ps_version,
-        "dynamic_image_size": dynamic,
-        "use_thumbnail": dynamic if thumbnail is None else thumbnail,
-        "min_dynamic_patch": 1,
-        "max_dynamic_patch": max_patch,
-        "vision_config": vision,
-        "llm_config": llm,
-    }
-
+from tilevl.preset_blocks import (
+    chat,
+    gpt_oss_20b,
+    internlm2,
+    internlm3_8b,
+    phi3_mini_128k,
+    qwen2,
+    qwen25,
+    qwen3,
+    qwen3_moe,
+    vit_300m,
+    vit_6b,
+    yi34b_hermes,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The presets.
@@ -406,10 +47,10 @@ PRESETS: dict[str, dict] = {
     # ps_version "v1" and template "Hermes-2" per the model card / InternVL repo (V1-2 predates
     # pixel-shuffle v2 and tiling); use_thumbnail/max_dynamic_patch are the InternVLChatConfig
     # defaults (False / 6) since dynamic tiling is off.
-    "internvl-chat-v1-2": _chat(_vit_6b(), _yi34b_hermes(), template="Hermes-2",
+    "internvl-chat-v1-2": chat(vit_6b(), yi34b_hermes(), template="Hermes-2",
                                 ps_version="v1", dynamic=False, max_patch=6),
     # OpenGVLab/InternVL-Chat-V1-2-Plus: same architecture as V1-2, more SFT data (model card).
-    "internvl-chat-v1-2-plus": _chat(_vit_6b(), _yi34b_hermes(), template="Hermes-2",
+    "internvl-chat-v1-2-plus": chat(vit_6b(), yi34b_hermes(), template="Hermes-2",
                                      ps_version="v1", dynamic=False, max_patch=6),
     # OpenGVLab/InternVL-Chat-V1-5: InternViT-6B-448px-V1-5 + internlm2-chat-20b; dynamic
     # tiling up to 12 tiles + thumbnail, pixel shuffle v2 (InternVL 1.5 report, model card;
@@ -417,112 +58,112 @@ PRESETS: dict[str, dict] = {
     # LLM shape as internlm2-chat-20b (verified in the InternVL2-26B config.json copy);
     # rope_scaling factor 2.0 for V1-5 as the brief and the V1-5 file recall say (InternVL2-26B,
     # same base LLM, carries 3.0) — not read from the V1-5 file.
-    "internvl-chat-v1-5": _chat(
-        _vit_6b(),
-        _internlm2("internlm/internlm2-chat-20b", hidden=6144, inter=16384, layers=48,
+    "internvl-chat-v1-5": chat(
+        vit_6b(),
+        internlm2("internlm/internlm2-chat-20b", hidden=6144, inter=16384, layers=48,
                    heads=48, kv_heads=8, rope_factor=2.0),
         template="internlm2-chat"),
     # OpenGVLab/Mini-InternVL-Chat-2B-V1-5: InternViT-300M-448px + internlm2-chat-1_8b.
     # LLM shape: internlm2-chat-1_8b (2048/8192, 24 layers, 16/8 heads, rope 1e6 dynamic 2.0 —
     # from the bert4torch internlm2-chat-1_8b config and the Triton-InternVL2-2B config head).
-    "mini-internvl-chat-2b-v1-5": _chat(
-        _vit_300m(),
-        _internlm2("internlm/internlm2-chat-1_8b", hidden=2048, inter=8192, layers=24,
+    "mini-internvl-chat-2b-v1-5": chat(
+        vit_300m(),
+        internlm2("internlm/internlm2-chat-1_8b", hidden=2048, inter=8192, layers=24,
                    heads=16, kv_heads=8, rope_factor=2.0),
         template="internlm2-chat"),
     # OpenGVLab/Mini-InternVL-Chat-4B-V1-5: InternViT-300M-448px + Phi-3-mini-128k-instruct.
-    "mini-internvl-chat-4b-v1-5": _chat(_vit_300m(), _phi3_mini_128k(), template="phi3-chat"),
+    "mini-internvl-chat-4b-v1-5": chat(vit_300m(), phi3_mini_128k(), template="phi3-chat"),
     # OpenGVLab/InternVL2-1B: verified field by field against its config.json (copy in
     # github.com/tothelast/simlingo_qcar2_integration pretrained/InternVL2-1B/config.json):
     # Qwen2-0.5B-Instruct 896/4864, 24 layers, 14/2 heads, vocab 151655, untied, template
     # "Hermes-2", ps v2, dynamic 1..12 + thumbnail.
-    "internvl2-1b": _chat(
-        _vit_300m(),
-        _qwen2("Qwen/Qwen2-0.5B-Instruct", hidden=896, inter=4864, layers=24, heads=14,
+    "internvl2-1b": chat(
+        vit_300m(),
+        qwen2("Qwen/Qwen2-0.5B-Instruct", hidden=896, inter=4864, layers=24, heads=14,
                kv_heads=2, vocab=151655),
         template="Hermes-2"),
     # OpenGVLab/InternVL2-2B: InternViT-300M-448px + internlm2-chat-1_8b (model card); llm
     # block head verified in radna/Triton-InternVL2-2B/config.json (a re-upload of InternVL2-2B).
-    "internvl2-2b": _chat(
-        _vit_300m(),
-        _internlm2("internlm/internlm2-chat-1_8b", hidden=2048, inter=8192, layers=24,
+    "internvl2-2b": chat(
+        vit_300m(),
+        internlm2("internlm/internlm2-chat-1_8b", hidden=2048, inter=8192, layers=24,
                    heads=16, kv_heads=8, rope_factor=2.0),
         template="internlm2-chat"),
     # OpenGVLab/InternVL2-4B: InternViT-300M-448px + Phi-3-mini-128k-instruct (model card).
-    "internvl2-4b": _chat(_vit_300m(), _phi3_mini_128k(), template="phi3-chat"),
+    "internvl2-4b": chat(vit_300m(), phi3_mini_128k(), template="phi3-chat"),
     # OpenGVLab/InternVL2-8B: verified against a full copy of its config.json (valora
     # model_config.py): internlm2_5-7b-chat 4096/14336, 32 layers, 32/8 heads, vocab 92553,
     # rope 1e6 dynamic 2.0; InternViT-300M; template internlm2-chat; dynamic 1..12.
-    "internvl2-8b": _chat(
-        _vit_300m(),
-        _internlm2("internlm/internlm2_5-7b-chat", hidden=4096, inter=14336, layers=32,
+    "internvl2-8b": chat(
+        vit_300m(),
+        internlm2("internlm/internlm2_5-7b-chat", hidden=4096, inter=14336, layers=32,
                    heads=32, kv_heads=8, rope_factor=2.0),
         template="internlm2-chat"),
     # OpenGVLab/InternVL2-26B: verified against a full copy of its config.json (valora
     # model_config.py): InternViT-6B-448px-V1-5 (45 layers) + internlm2-chat-20b with
     # dynamic rope factor 3.0.
-    "internvl2-26b": _chat(
-        _vit_6b(),
-        _internlm2("internlm/internlm2-chat-20b", hidden=6144, inter=16384, layers=48,
+    "internvl2-26b": chat(
+        vit_6b(),
+        internlm2("internlm/internlm2-chat-20b", hidden=6144, inter=16384, layers=48,
                    heads=48, kv_heads=8, rope_factor=3.0),
         template="internlm2-chat"),
     # OpenGVLab/InternVL2-40B: InternViT-6B-448px-V1-5 + Nous-Hermes-2-Yi-34B (model card;
     # lmdeploy serves it with the Hermes-2 style template "internvl-zh-hermes2").
-    "internvl2-40b": _chat(_vit_6b(), _yi34b_hermes(), template="Hermes-2"),
+    "internvl2-40b": chat(vit_6b(), yi34b_hermes(), template="Hermes-2"),
     # ---- InternVL 2.5 (Dec 2024): InternViT-*-V2_5, template "internvl2_5", same pipeline.
     # Model/LLM pairs from the InternVL2_5-Pretrain-Models card table.  The Qwen2.5 llm blocks
     # follow the InternVL 2.5/3 Qwen2.5 llm_config seen in the InternVL3-1B config dump
     # (vocab 151674 = 151665 + 9, rope_theta 1e6, dynamic rope factor 2.0, untied head).
     # OpenGVLab/InternVL2_5-1B: Qwen2.5-0.5B-Instruct (896/4864, 24 layers, 14/2 heads).
-    "internvl2_5-1b": _chat(
-        _vit_300m(),
-        _qwen2("Qwen/Qwen2.5-0.5B-Instruct", hidden=896, inter=4864, layers=24, heads=14,
+    "internvl2_5-1b": chat(
+        vit_300m(),
+        qwen2("Qwen/Qwen2.5-0.5B-Instruct", hidden=896, inter=4864, layers=24, heads=14,
                kv_heads=2, vocab=151674,
                rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-2B: internlm2_5-1_8b-chat (2048/8192, 24 layers, 16/8 heads).
-    "internvl2_5-2b": _chat(
-        _vit_300m(),
-        _internlm2("internlm/internlm2_5-1_8b-chat", hidden=2048, inter=8192, layers=24,
+    "internvl2_5-2b": chat(
+        vit_300m(),
+        internlm2("internlm/internlm2_5-1_8b-chat", hidden=2048, inter=8192, layers=24,
                    heads=16, kv_heads=8, rope_factor=2.0),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-4B: Qwen2.5-3B-Instruct (2048/11008, 36 layers, 16/2 heads).
     # Qwen2.5-3B ties its head; the InternVL checkpoint does not: its safetensors hold
     # 4.99 GB + 2.43 GB of bf16 = 3.71B params, which only the untied head reaches.
-    "internvl2_5-4b": _chat(
-        _vit_300m(),
-        _qwen2("Qwen/Qwen2.5-3B-Instruct", hidden=2048, inter=11008, layers=36, heads=16,
+    "internvl2_5-4b": chat(
+        vit_300m(),
+        qwen2("Qwen/Qwen2.5-3B-Instruct", hidden=2048, inter=11008, layers=36, heads=16,
                kv_heads=2, vocab=151674,
                rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-8B: internlm2_5-7b-chat (head of the config verified in
     # zhouxihong/InternVL2_5-8B-AWQ/config.json, "_name_or_path": "OpenGVLab/InternVL2_5-8B").
-    "internvl2_5-8b": _chat(
-        _vit_300m(),
-        _internlm2("internlm/internlm2_5-7b-chat", hidden=4096, inter=14336, layers=32,
+    "internvl2_5-8b": chat(
+        vit_300m(),
+        internlm2("internlm/internlm2_5-7b-chat", hidden=4096, inter=14336, layers=32,
                    heads=32, kv_heads=8, rope_factor=2.0),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-26B: InternViT-6B-448px-V2_5 + internlm2_5-20b-chat (same shape
     # as internlm2-chat-20b; rope_theta 5e7 and dynamic factor 2.5 per the internlm2_5-20b-chat
     # card — not read from the InternVL file).
-    "internvl2_5-26b": _chat(
-        _vit_6b(),
-        _internlm2("internlm/internlm2_5-20b-chat", hidden=6144, inter=16384, layers=48,
+    "internvl2_5-26b": chat(
+        vit_6b(),
+        internlm2("internlm/internlm2_5-20b-chat", hidden=6144, inter=16384, layers=48,
                    heads=48, kv_heads=8, rope_factor=2.5, rope_theta=50000000),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-38B: InternViT-6B-448px-V2_5 + Qwen2.5-32B-Instruct
     # (5120/27648, 64 layers, 40/8 heads, per its published config.json).
-    "internvl2_5-38b": _chat(
-        _vit_6b(),
-        _qwen2("Qwen/Qwen2.5-32B-Instruct", hidden=5120, inter=27648, layers=64, heads=40,
+    "internvl2_5-38b": chat(
+        vit_6b(),
+        qwen2("Qwen/Qwen2.5-32B-Instruct", hidden=5120, inter=27648, layers=64, heads=40,
                kv_heads=8, vocab=151674,
                rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-78B: InternViT-6B-448px-V2_5 + Qwen2.5-72B-Instruct
     # (8192/29568, 80 layers, 64/8 heads, per its published config.json).
-    "internvl2_5-78b": _chat(
-        _vit_6b(),
-        _qwen2("Qwen/Qwen2.5-72B-Instruct", hidden=8192, inter=29568, layers=80, heads=64,
+    "internvl2_5-78b": chat(
+        vit_6b(),
+        qwen2("Qwen/Qwen2.5-72B-Instruct", hidden=8192, inter=29568, layers=80, heads=64,
                kv_heads=8, vocab=151674,
                rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
@@ -532,31 +173,31 @@ PRESETS: dict[str, dict] = {
     # 1B Qwen2.5-0.5B, 2B Qwen2.5-1.5B, 8B Qwen2.5-7B, 9B InternLM3-8B-Instruct, 14B Qwen2.5-14B,
     # 38B Qwen2.5-32B, 78B Qwen2.5-72B.  Qwen2.5 shapes per their published config.json files
     # (per published base); the 1B block verified against the InternVL3-1B config dump.
-    "internvl3-1b": _chat(
-        _vit_300m(),
-        _qwen25("Qwen/Qwen2.5-0.5B", hidden=896, inter=4864, layers=24, heads=14, kv_heads=2),
+    "internvl3-1b": chat(
+        vit_300m(),
+        qwen25("Qwen/Qwen2.5-0.5B", hidden=896, inter=4864, layers=24, heads=14, kv_heads=2),
         template="internvl2_5"),
-    "internvl3-2b": _chat(
-        _vit_300m(),
-        _qwen25("Qwen/Qwen2.5-1.5B", hidden=1536, inter=8960, layers=28, heads=12, kv_heads=2),
+    "internvl3-2b": chat(
+        vit_300m(),
+        qwen25("Qwen/Qwen2.5-1.5B", hidden=1536, inter=8960, layers=28, heads=12, kv_heads=2),
         template="internvl2_5"),
-    "internvl3-8b": _chat(
-        _vit_300m(),
-        _qwen25("Qwen/Qwen2.5-7B", hidden=3584, inter=18944, layers=28, heads=28, kv_heads=4),
+    "internvl3-8b": chat(
+        vit_300m(),
+        qwen25("Qwen/Qwen2.5-7B", hidden=3584, inter=18944, layers=28, heads=28, kv_heads=4),
         template="internvl2_5"),
     # OpenGVLab/InternVL3-9B: InternLM3 is native in transformers 5 (no packed wqkv to undo).
-    "internvl3-9b": _chat(_vit_300m(), _internlm3_8b(), template="internvl2_5"),
-    "internvl3-14b": _chat(
-        _vit_300m(),
-        _qwen25("Qwen/Qwen2.5-14B", hidden=5120, inter=13824, layers=48, heads=40, kv_heads=8),
+    "internvl3-9b": chat(vit_300m(), internlm3_8b(), template="internvl2_5"),
+    "internvl3-14b": chat(
+        vit_300m(),
+        qwen25("Qwen/Qwen2.5-14B", hidden=5120, inter=13824, layers=48, heads=40, kv_heads=8),
         template="internvl2_5"),
-    "internvl3-38b": _chat(
-        _vit_6b(),
-        _qwen25("Qwen/Qwen2.5-32B", hidden=5120, inter=27648, layers=64, heads=40, kv_heads=8),
+    "internvl3-38b": chat(
+        vit_6b(),
+        qwen25("Qwen/Qwen2.5-32B", hidden=5120, inter=27648, layers=64, heads=40, kv_heads=8),
         template="internvl2_5"),
-    "internvl3-78b": _chat(
-        _vit_6b(),
-        _qwen25("Qwen/Qwen2.5-72B", hidden=8192, inter=29568, layers=80, heads=64, kv_heads=8),
+    "internvl3-78b": chat(
+        vit_6b(),
+        qwen25("Qwen/Qwen2.5-72B", hidden=8192, inter=29568, layers=80, heads=64, kv_heads=8),
         template="internvl2_5"),
     # ---- InternVL3.5 (Aug 2025): same ViTs, Qwen3 dense / Qwen3-MoE / GPT-OSS LLMs.  Pairs
     # from the InternVL3.5 model cards' table (vision / language / total); LLM shapes per the
@@ -564,76 +205,76 @@ PRESETS: dict[str, dict] = {
     # use "internvl2_5" (conv_style of the repo's internvl3_5_qwen3 scripts), the GPT-OSS one
     # "internvl3_5_gpt_oss" (its stage-2/3 scripts and internvl_chat_gpt_oss/conversation.py).
     # Every size is published in this (official) layout and as "<name>-HF" (native layout).
-    "internvl3_5-1b": _chat(
-        _vit_300m(),
-        _qwen3("Qwen/Qwen3-0.6B", hidden=1024, inter=3072, layers=28, heads=16, kv_heads=8),
+    "internvl3_5-1b": chat(
+        vit_300m(),
+        qwen3("Qwen/Qwen3-0.6B", hidden=1024, inter=3072, layers=28, heads=16, kv_heads=8),
         template="internvl2_5"),
-    "internvl3_5-2b": _chat(
-        _vit_300m(),
-        _qwen3("Qwen/Qwen3-1.7B", hidden=2048, inter=6144, layers=28, heads=16, kv_heads=8),
+    "internvl3_5-2b": chat(
+        vit_300m(),
+        qwen3("Qwen/Qwen3-1.7B", hidden=2048, inter=6144, layers=28, heads=16, kv_heads=8),
         template="internvl2_5"),
-    "internvl3_5-4b": _chat(
-        _vit_300m(),
-        _qwen3("Qwen/Qwen3-4B", hidden=2560, inter=9728, layers=36, heads=32, kv_heads=8),
+    "internvl3_5-4b": chat(
+        vit_300m(),
+        qwen3("Qwen/Qwen3-4B", hidden=2560, inter=9728, layers=36, heads=32, kv_heads=8),
         template="internvl2_5"),
-    "internvl3_5-8b": _chat(
-        _vit_300m(),
-        _qwen3("Qwen/Qwen3-8B", hidden=4096, inter=12288, layers=36, heads=32, kv_heads=8),
+    "internvl3_5-8b": chat(
+        vit_300m(),
+        qwen3("Qwen/Qwen3-8B", hidden=4096, inter=12288, layers=36, heads=32, kv_heads=8),
         template="internvl2_5"),
-    "internvl3_5-14b": _chat(
-        _vit_300m(),
-        _qwen3("Qwen/Qwen3-14B", hidden=5120, inter=17408, layers=40, heads=40, kv_heads=8),
+    "internvl3_5-14b": chat(
+        vit_300m(),
+        qwen3("Qwen/Qwen3-14B", hidden=5120, inter=17408, layers=40, heads=40, kv_heads=8),
         template="internvl2_5"),
-    "internvl3_5-38b": _chat(
-        _vit_6b(),
-        _qwen3("Qwen/Qwen3-32B", hidden=5120, inter=25600, layers=64, heads=64, kv_heads=8),
+    "internvl3_5-38b": chat(
+        vit_6b(),
+        qwen3("Qwen/Qwen3-32B", hidden=5120, inter=25600, layers=64, heads=64, kv_heads=8),
         template="internvl2_5"),
-    "internvl3_5-30b-a3b": _chat(
-        _vit_300m(),
-        _qwen3_moe("Qwen/Qwen3-30B-A3B", hidden=2048, inter=6144, moe_inter=768, layers=48,
+    "internvl3_5-30b-a3b": chat(
+        vit_300m(),
+        qwen3_moe("Qwen/Qwen3-30B-A3B", hidden=2048, inter=6144, moe_inter=768, layers=48,
                    heads=32, kv_heads=4),
         template="internvl2_5"),
-    "internvl3_5-241b-a28b": _chat(
-        _vit_6b(),
-        _qwen3_moe("Qwen/Qwen3-235B-A22B", hidden=4096, inter=12288, moe_inter=1536, layers=94,
+    "internvl3_5-241b-a28b": chat(
+        vit_6b(),
+        qwen3_moe("Qwen/Qwen3-235B-A22B", hidden=4096, inter=12288, moe_inter=1536, layers=94,
                    heads=64, kv_heads=4),
         template="internvl2_5"),
     # OpenGVLab/InternVL3_5-GPT-OSS-20B-A4B-Preview (the blog lists it as InternVL3_5-20B-A4B).
-    "internvl3_5-gpt-oss-20b-a4b-preview": _chat(_vit_300m(), _gpt_oss_20b(),
+    "internvl3_5-gpt-oss-20b-a4b-preview": chat(vit_300m(), gpt_oss_20b(),
                                                  template="internvl3_5_gpt_oss"),
     # ---- Made-up sizes for tests and benchmarks (same layout, tiny numbers).
     # tiny: 56 px tiles / patch 14 -> 4x4 grid -> pixel shuffle 0.5 -> 2x2 = 4 tokens per tile;
     # vision 2 layers width 32 (2 heads), projector 128 -> 64, Qwen2 2 layers width 64, 4/2
     # heads, vocab 512.  A forward over a few tiles takes milliseconds on CPU.
-    "tiny": _chat(
-        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    "tiny": chat(
+        vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, image_size=56, use_flash_attn=False),
-        _qwen2("tiny", hidden=64, inter=128, layers=2, heads=4, kv_heads=2, vocab=512,
+        qwen2("tiny", hidden=64, inter=128, layers=2, heads=4, kv_heads=2, vocab=512,
                eos=2) | {"bos_token_id": 1, "max_position_embeddings": 2048},
         template="Hermes-2", max_patch=6),
     # tiny-qwen3 / tiny-qwen3-moe: `tiny` with the InternVL3.5 LLM kinds (head_dim 16, q/k
     # RMSNorm; the MoE with 4 experts of width 32, top-2), for the CLI tests of the new families.
-    "tiny-qwen3": _chat(
-        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    "tiny-qwen3": chat(
+        vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, image_size=56, use_flash_attn=False),
-        _qwen3("tiny-qwen3", hidden=64, inter=128, layers=2, heads=4, kv_heads=2)
+        qwen3("tiny-qwen3", hidden=64, inter=128, layers=2, heads=4, kv_heads=2)
         | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
            "max_position_embeddings": 2048},
         template="Hermes-2", max_patch=6),
-    "tiny-qwen3-moe": _chat(
-        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    "tiny-qwen3-moe": chat(
+        vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, image_size=56, use_flash_attn=False),
-        _qwen3_moe("tiny-qwen3-moe", hidden=64, inter=128, moe_inter=32, layers=2, heads=4,
+        qwen3_moe("tiny-qwen3-moe", hidden=64, inter=128, moe_inter=32, layers=2, heads=4,
                    kv_heads=2, experts=4, top_k=2)
         | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
            "max_position_embeddings": 2048},
         template="Hermes-2", max_patch=6),
     # tiny-gpt-oss: `tiny` with a GPT-OSS LLM (4 experts top-2, sinks, layers alternating an
     # 8-token sliding window and full attention, so chats longer than 8 tokens use both).
-    "tiny-gpt-oss": _chat(
-        _vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    "tiny-gpt-oss": chat(
+        vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, image_size=56, use_flash_attn=False),
-        _gpt_oss_20b() | {
+        gpt_oss_20b() | {
             "_name_or_path": "tiny-gpt-oss", "hidden_size": 64, "intermediate_size": 64,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 512,
@@ -646,10 +287,10 @@ PRESETS: dict[str, dict] = {
     # small: 224 px / patch 14 -> 16x16 grid -> 64 tokens per tile; vision 6 layers width 256
     # (4 heads), Qwen2 4 layers width 512 (8/2 heads), vocab 4096: 7 tiles + prompt run well
     # under a second on CPU, so benchmarks measure the pipeline and not the network.
-    "small": _chat(
-        _vit_300m(hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
+    "small": chat(
+        vit_300m(hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
                   num_attention_heads=4, image_size=224, use_flash_attn=False),
-        _qwen2("small", hidden=512, inter=1408, layers=4, heads=8, kv_heads=2, vocab=4096,
+        qwen2("small", hidden=512, inter=1408, layers=4, heads=8, kv_heads=2, vocab=4096,
                eos=2) | {"bos_token_id": 1, "max_position_embeddings": 8192},
         template="Hermes-2", max_patch=6),
     # tilevl-tiny: the model this project trains on MiniBench and ships in tilevl/assets
@@ -659,10 +300,10 @@ PRESETS: dict[str, dict] = {
     # BPE tokenizer trained on MiniBench text (ids as build_bpe_tokenizer gives them: 1 is
     # <|im_end|>, 2 <|endoftext|>).  ~6 M parameters: ~12 MB in fp16, and a
     # training step over a packed row of a few thousand tokens takes well under a second on CPU.
-    "tilevl-tiny": _chat(
-        _vit_300m(hidden_size=192, intermediate_size=768, num_hidden_layers=4,
+    "tilevl-tiny": chat(
+        vit_300m(hidden_size=192, intermediate_size=768, num_hidden_layers=4,
                   num_attention_heads=3, image_size=112, use_flash_attn=False),
-        _qwen2("tilevl-tiny", hidden=256, inter=768, layers=4, heads=4, kv_heads=2, vocab=2048,
+        qwen2("tilevl-tiny", hidden=256, inter=768, layers=4, heads=4, kv_heads=2, vocab=2048,
                eos=1) | {"bos_token_id": 2, "max_position_embeddings": 4096},
         template="tilevl", max_patch=6),
 }
