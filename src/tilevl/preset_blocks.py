@@ -74,8 +74,8 @@ def vit_6b(**overrides) -> dict:
 
 
 def internlm2(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
-               kv_heads: int, rope_factor: float, rope_theta=1000000,
-               vocab: int = 92544 + _INTERNVL_EXTRA_TOKENS) -> dict:
+              kv_heads: int, rope_factor: float, rope_theta=1000000,
+              vocab: int = 92544 + _INTERNVL_EXTRA_TOKENS) -> dict:
     """An InternLM2/2.5 llm_config (InternLM2ForCausalLM, fused wqkv, no bias, untied head)."""
     return {
         "_name_or_path": name_or_path,
@@ -101,8 +101,8 @@ def internlm2(name_or_path: str, *, hidden: int, inter: int, layers: int, heads:
 
 
 def qwen2(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
-           kv_heads: int, vocab: int, rope_scaling=None, max_window_layers: int | None = None,
-           eos: int = 151645) -> dict:
+          kv_heads: int, vocab: int, rope_scaling=None, max_window_layers: int | None = None,
+          eos: int = 151645) -> dict:
     """A Qwen2/Qwen2.5 llm_config (q/k/v carry a bias; InternVL unties the head)."""
     cfg = {
         "_name_or_path": name_or_path,
@@ -235,12 +235,12 @@ def phi3_mini_128k() -> dict:
 
 
 def qwen25(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
-            kv_heads: int) -> dict:
+           kv_heads: int) -> dict:
     """A Qwen2.5 llm_config as InternVL 2.5/3 ship it: vocab 151674 (151665 + InternVL's 9),
     dynamic rope factor 2.0, untied head (see the InternVL3-1B config dump)."""
     return qwen2(name_or_path, hidden=hidden, inter=inter, layers=layers, heads=heads,
-                  kv_heads=kv_heads, vocab=151674,
-                  rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"})
+                 kv_heads=kv_heads, vocab=151674,
+                 rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"})
 
 
 def internlm3_8b() -> dict:
@@ -273,7 +273,7 @@ def internlm3_8b() -> dict:
 
 
 def qwen3(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int,
-           kv_heads: int) -> dict:
+          kv_heads: int) -> dict:
     """A Qwen3 dense llm_config (Qwen3ForCausalLM: head_dim 128, q/k RMSNorm, no bias, vocab
     151936 — Qwen3's padded vocab already has room for InternVL's 9 tokens).  InternVL3.5
     unties the head even where the base ties it (0.6B/1.7B/4B): the published totals (1.06B,
@@ -302,11 +302,11 @@ def qwen3(name_or_path: str, *, hidden: int, inter: int, layers: int, heads: int
 
 
 def qwen3_moe(name_or_path: str, *, hidden: int, inter: int, moe_inter: int, layers: int,
-               heads: int, kv_heads: int, experts: int = 128, top_k: int = 8) -> dict:
+              heads: int, kv_heads: int, experts: int = 128, top_k: int = 8) -> dict:
     """A Qwen3-MoE llm_config (Qwen3MoeForCausalLM: every layer sparse, 128 experts, top-8,
     normalised top-k weights, head_dim 128, untied head)."""
     return qwen3(name_or_path, hidden=hidden, inter=inter, layers=layers, heads=heads,
-                  kv_heads=kv_heads) | {
+                 kv_heads=kv_heads) | {
         "architectures": ["Qwen3MoeForCausalLM"],
         "model_type": "qwen3_moe",
         "moe_intermediate_size": moe_inter,
@@ -355,8 +355,8 @@ def gpt_oss_20b() -> dict:
 
 
 def chat(vision: dict, llm: dict, *, template: str, ps_version: str = "v2",
-          dynamic: bool = True, max_patch: int = 12, thumbnail: bool | None = None,
-          force_image_size: int | None = None, downsample_ratio: float = 0.5) -> dict:
+         dynamic: bool = True, max_patch: int = 12, thumbnail: bool | None = None,
+         force_image_size: int | None = None, downsample_ratio: float = 0.5) -> dict:
     """The InternVLChatConfig top level around a vision and an llm block."""
     return {
         "architectures": ["InternVLChatModel"],

@@ -48,10 +48,10 @@ PRESETS: dict[str, dict] = {
     # pixel-shuffle v2 and tiling); use_thumbnail/max_dynamic_patch are the InternVLChatConfig
     # defaults (False / 6) since dynamic tiling is off.
     "internvl-chat-v1-2": chat(vit_6b(), yi34b_hermes(), template="Hermes-2",
-                                ps_version="v1", dynamic=False, max_patch=6),
+                               ps_version="v1", dynamic=False, max_patch=6),
     # OpenGVLab/InternVL-Chat-V1-2-Plus: same architecture as V1-2, more SFT data (model card).
     "internvl-chat-v1-2-plus": chat(vit_6b(), yi34b_hermes(), template="Hermes-2",
-                                     ps_version="v1", dynamic=False, max_patch=6),
+                                    ps_version="v1", dynamic=False, max_patch=6),
     # OpenGVLab/InternVL-Chat-V1-5: InternViT-6B-448px-V1-5 + internlm2-chat-20b; dynamic
     # tiling up to 12 tiles + thumbnail, pixel shuffle v2 (InternVL 1.5 report, model card;
     # the head of the Int8 copy wyseow/InternVL-Chat-V1-5-Int8-OL confirms dynamic/448/0.5).
@@ -61,7 +61,7 @@ PRESETS: dict[str, dict] = {
     "internvl-chat-v1-5": chat(
         vit_6b(),
         internlm2("internlm/internlm2-chat-20b", hidden=6144, inter=16384, layers=48,
-                   heads=48, kv_heads=8, rope_factor=2.0),
+                  heads=48, kv_heads=8, rope_factor=2.0),
         template="internlm2-chat"),
     # OpenGVLab/Mini-InternVL-Chat-2B-V1-5: InternViT-300M-448px + internlm2-chat-1_8b.
     # LLM shape: internlm2-chat-1_8b (2048/8192, 24 layers, 16/8 heads, rope 1e6 dynamic 2.0 —
@@ -69,7 +69,7 @@ PRESETS: dict[str, dict] = {
     "mini-internvl-chat-2b-v1-5": chat(
         vit_300m(),
         internlm2("internlm/internlm2-chat-1_8b", hidden=2048, inter=8192, layers=24,
-                   heads=16, kv_heads=8, rope_factor=2.0),
+                  heads=16, kv_heads=8, rope_factor=2.0),
         template="internlm2-chat"),
     # OpenGVLab/Mini-InternVL-Chat-4B-V1-5: InternViT-300M-448px + Phi-3-mini-128k-instruct.
     "mini-internvl-chat-4b-v1-5": chat(vit_300m(), phi3_mini_128k(), template="phi3-chat"),
@@ -80,14 +80,14 @@ PRESETS: dict[str, dict] = {
     "internvl2-1b": chat(
         vit_300m(),
         qwen2("Qwen/Qwen2-0.5B-Instruct", hidden=896, inter=4864, layers=24, heads=14,
-               kv_heads=2, vocab=151655),
+              kv_heads=2, vocab=151655),
         template="Hermes-2"),
     # OpenGVLab/InternVL2-2B: InternViT-300M-448px + internlm2-chat-1_8b (model card); llm
     # block head verified in radna/Triton-InternVL2-2B/config.json (a re-upload of InternVL2-2B).
     "internvl2-2b": chat(
         vit_300m(),
         internlm2("internlm/internlm2-chat-1_8b", hidden=2048, inter=8192, layers=24,
-                   heads=16, kv_heads=8, rope_factor=2.0),
+                  heads=16, kv_heads=8, rope_factor=2.0),
         template="internlm2-chat"),
     # OpenGVLab/InternVL2-4B: InternViT-300M-448px + Phi-3-mini-128k-instruct (model card).
     "internvl2-4b": chat(vit_300m(), phi3_mini_128k(), template="phi3-chat"),
@@ -97,7 +97,7 @@ PRESETS: dict[str, dict] = {
     "internvl2-8b": chat(
         vit_300m(),
         internlm2("internlm/internlm2_5-7b-chat", hidden=4096, inter=14336, layers=32,
-                   heads=32, kv_heads=8, rope_factor=2.0),
+                  heads=32, kv_heads=8, rope_factor=2.0),
         template="internlm2-chat"),
     # OpenGVLab/InternVL2-26B: verified against a full copy of its config.json (valora
     # model_config.py): InternViT-6B-448px-V1-5 (45 layers) + internlm2-chat-20b with
@@ -105,7 +105,7 @@ PRESETS: dict[str, dict] = {
     "internvl2-26b": chat(
         vit_6b(),
         internlm2("internlm/internlm2-chat-20b", hidden=6144, inter=16384, layers=48,
-                   heads=48, kv_heads=8, rope_factor=3.0),
+                  heads=48, kv_heads=8, rope_factor=3.0),
         template="internlm2-chat"),
     # OpenGVLab/InternVL2-40B: InternViT-6B-448px-V1-5 + Nous-Hermes-2-Yi-34B (model card;
     # lmdeploy serves it with the Hermes-2 style template "internvl-zh-hermes2").
@@ -118,14 +118,14 @@ PRESETS: dict[str, dict] = {
     "internvl2_5-1b": chat(
         vit_300m(),
         qwen2("Qwen/Qwen2.5-0.5B-Instruct", hidden=896, inter=4864, layers=24, heads=14,
-               kv_heads=2, vocab=151674,
-               rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
+              kv_heads=2, vocab=151674,
+              rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-2B: internlm2_5-1_8b-chat (2048/8192, 24 layers, 16/8 heads).
     "internvl2_5-2b": chat(
         vit_300m(),
         internlm2("internlm/internlm2_5-1_8b-chat", hidden=2048, inter=8192, layers=24,
-                   heads=16, kv_heads=8, rope_factor=2.0),
+                  heads=16, kv_heads=8, rope_factor=2.0),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-4B: Qwen2.5-3B-Instruct (2048/11008, 36 layers, 16/2 heads).
     # Qwen2.5-3B ties its head; the InternVL checkpoint does not: its safetensors hold
@@ -133,15 +133,15 @@ PRESETS: dict[str, dict] = {
     "internvl2_5-4b": chat(
         vit_300m(),
         qwen2("Qwen/Qwen2.5-3B-Instruct", hidden=2048, inter=11008, layers=36, heads=16,
-               kv_heads=2, vocab=151674,
-               rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
+              kv_heads=2, vocab=151674,
+              rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-8B: internlm2_5-7b-chat (head of the config verified in
     # zhouxihong/InternVL2_5-8B-AWQ/config.json, "_name_or_path": "OpenGVLab/InternVL2_5-8B").
     "internvl2_5-8b": chat(
         vit_300m(),
         internlm2("internlm/internlm2_5-7b-chat", hidden=4096, inter=14336, layers=32,
-                   heads=32, kv_heads=8, rope_factor=2.0),
+                  heads=32, kv_heads=8, rope_factor=2.0),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-26B: InternViT-6B-448px-V2_5 + internlm2_5-20b-chat (same shape
     # as internlm2-chat-20b; rope_theta 5e7 and dynamic factor 2.5 per the internlm2_5-20b-chat
@@ -149,23 +149,23 @@ PRESETS: dict[str, dict] = {
     "internvl2_5-26b": chat(
         vit_6b(),
         internlm2("internlm/internlm2_5-20b-chat", hidden=6144, inter=16384, layers=48,
-                   heads=48, kv_heads=8, rope_factor=2.5, rope_theta=50000000),
+                  heads=48, kv_heads=8, rope_factor=2.5, rope_theta=50000000),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-38B: InternViT-6B-448px-V2_5 + Qwen2.5-32B-Instruct
     # (5120/27648, 64 layers, 40/8 heads, per its published config.json).
     "internvl2_5-38b": chat(
         vit_6b(),
         qwen2("Qwen/Qwen2.5-32B-Instruct", hidden=5120, inter=27648, layers=64, heads=40,
-               kv_heads=8, vocab=151674,
-               rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
+              kv_heads=8, vocab=151674,
+              rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
     # OpenGVLab/InternVL2_5-78B: InternViT-6B-448px-V2_5 + Qwen2.5-72B-Instruct
     # (8192/29568, 80 layers, 64/8 heads, per its published config.json).
     "internvl2_5-78b": chat(
         vit_6b(),
         qwen2("Qwen/Qwen2.5-72B-Instruct", hidden=8192, inter=29568, layers=80, heads=64,
-               kv_heads=8, vocab=151674,
-               rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
+              kv_heads=8, vocab=151674,
+              rope_scaling={"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}),
         template="internvl2_5"),
     # ---- InternVL3 (Apr 2025): InternViT-300M/6B-448px-V2_5, template "internvl2_5" (the
     # config field of every InternVL3 checkpoint; the repo's internvl3.0 fine-tune scripts use
@@ -232,40 +232,40 @@ PRESETS: dict[str, dict] = {
     "internvl3_5-30b-a3b": chat(
         vit_300m(),
         qwen3_moe("Qwen/Qwen3-30B-A3B", hidden=2048, inter=6144, moe_inter=768, layers=48,
-                   heads=32, kv_heads=4),
+                  heads=32, kv_heads=4),
         template="internvl2_5"),
     "internvl3_5-241b-a28b": chat(
         vit_6b(),
         qwen3_moe("Qwen/Qwen3-235B-A22B", hidden=4096, inter=12288, moe_inter=1536, layers=94,
-                   heads=64, kv_heads=4),
+                  heads=64, kv_heads=4),
         template="internvl2_5"),
     # OpenGVLab/InternVL3_5-GPT-OSS-20B-A4B-Preview (the blog lists it as InternVL3_5-20B-A4B).
     "internvl3_5-gpt-oss-20b-a4b-preview": chat(vit_300m(), gpt_oss_20b(),
-                                                 template="internvl3_5_gpt_oss"),
+                                                template="internvl3_5_gpt_oss"),
     # ---- Made-up sizes for tests and benchmarks (same layout, tiny numbers).
     # tiny: 56 px tiles / patch 14 -> 4x4 grid -> pixel shuffle 0.5 -> 2x2 = 4 tokens per tile;
     # vision 2 layers width 32 (2 heads), projector 128 -> 64, Qwen2 2 layers width 64, 4/2
     # heads, vocab 512.  A forward over a few tiles takes milliseconds on CPU.
     "tiny": chat(
         vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+                 num_attention_heads=2, image_size=56, use_flash_attn=False),
         qwen2("tiny", hidden=64, inter=128, layers=2, heads=4, kv_heads=2, vocab=512,
-               eos=2) | {"bos_token_id": 1, "max_position_embeddings": 2048},
+              eos=2) | {"bos_token_id": 1, "max_position_embeddings": 2048},
         template="Hermes-2", max_patch=6),
     # tiny-qwen3 / tiny-qwen3-moe: `tiny` with the InternVL3.5 LLM kinds (head_dim 16, q/k
     # RMSNorm; the MoE with 4 experts of width 32, top-2), for the CLI tests of the new families.
     "tiny-qwen3": chat(
         vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+                 num_attention_heads=2, image_size=56, use_flash_attn=False),
         qwen3("tiny-qwen3", hidden=64, inter=128, layers=2, heads=4, kv_heads=2)
         | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
            "max_position_embeddings": 2048},
         template="Hermes-2", max_patch=6),
     "tiny-qwen3-moe": chat(
         vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+                 num_attention_heads=2, image_size=56, use_flash_attn=False),
         qwen3_moe("tiny-qwen3-moe", hidden=64, inter=128, moe_inter=32, layers=2, heads=4,
-                   kv_heads=2, experts=4, top_k=2)
+                  kv_heads=2, experts=4, top_k=2)
         | {"head_dim": 16, "vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2,
            "max_position_embeddings": 2048},
         template="Hermes-2", max_patch=6),
@@ -273,7 +273,7 @@ PRESETS: dict[str, dict] = {
     # 8-token sliding window and full attention, so chats longer than 8 tokens use both).
     "tiny-gpt-oss": chat(
         vit_300m(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=56, use_flash_attn=False),
+                 num_attention_heads=2, image_size=56, use_flash_attn=False),
         gpt_oss_20b() | {
             "_name_or_path": "tiny-gpt-oss", "hidden_size": 64, "intermediate_size": 64,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -289,9 +289,9 @@ PRESETS: dict[str, dict] = {
     # under a second on CPU, so benchmarks measure the pipeline and not the network.
     "small": chat(
         vit_300m(hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
-                  num_attention_heads=4, image_size=224, use_flash_attn=False),
+                 num_attention_heads=4, image_size=224, use_flash_attn=False),
         qwen2("small", hidden=512, inter=1408, layers=4, heads=8, kv_heads=2, vocab=4096,
-               eos=2) | {"bos_token_id": 1, "max_position_embeddings": 8192},
+              eos=2) | {"bos_token_id": 1, "max_position_embeddings": 8192},
         template="Hermes-2", max_patch=6),
     # tilevl-tiny: the model this project trains on MiniBench and ships in tilevl/assets
     # (scripts/train_tilevl_tiny.py).  112 px tiles / patch 14 -> 8x8 grid -> pixel shuffle
@@ -302,9 +302,9 @@ PRESETS: dict[str, dict] = {
     # training step over a packed row of a few thousand tokens takes well under a second on CPU.
     "tilevl-tiny": chat(
         vit_300m(hidden_size=192, intermediate_size=768, num_hidden_layers=4,
-                  num_attention_heads=3, image_size=112, use_flash_attn=False),
+                 num_attention_heads=3, image_size=112, use_flash_attn=False),
         qwen2("tilevl-tiny", hidden=256, inter=768, layers=4, heads=4, kv_heads=2, vocab=2048,
-               eos=1) | {"bos_token_id": 2, "max_position_embeddings": 4096},
+              eos=1) | {"bos_token_id": 2, "max_position_embeddings": 4096},
         template="tilevl", max_patch=6),
 }
 
