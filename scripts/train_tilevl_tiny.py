@@ -59,10 +59,17 @@ QUICK = dict(size=24, train_size=None, vocab_size=400, eval_limit=2)
 # 9 %; with the vision side frozen and the LLM at 3e-4 the scene replies stayed at 100 %
 # through 1 500 steps.  Its multiple-choice turns are answered in words (WORDED_TRAIN below):
 # at 3e-4 the letters stayed at chance.
+# Stage 3 ("reason", tilevl-tiny v2) goes on from stage 2's model on the train split with its
+# reasoning traces (tilevl.minibench.traces: each question asked once more with the CoT prompt
+# and answered step by step, then "Answer: X"), vision side still frozen.  Its meta JSON is
+# reason_<answers>_meta.json: `--answers letters` answers multiple choice with the option's
+# letter (MMBench's format), `--answers words` with its text (see README for what each gave).
 STAGES = (
     ("look", "look/meta.json", 2000, 2, []),
     ("train", "mix_meta.json", 1500, 2, ["--freeze_backbone", "true", "--freeze_mlp", "true",
                                          "--learning_rate", "3e-4"]),
+    ("reason", "reason_{answers}_meta.json", 1000, 2,
+     ["--freeze_backbone", "true", "--freeze_mlp", "true", "--learning_rate", "3e-4"]),
 )
 LOOK_ITEMS = dict(full=9000, quick=9)
 LOOK_REPEAT = 2
@@ -82,11 +89,12 @@ def generate_minibench(out: Path, size: int, seed: int, train_size: int | None) 
     want_train = split_sizes(size)["train"] if train_size is None else train_size
     if info_file.exists():
         info = json.loads(info_file.read_text("utf-8"))
-        if (info.get("size"), info.get("seed"), info.get("train_size")) == (size, seed, want_train):
+        if (info.get("size"), info.get("seed"), info.get("train_size"), info.get("traces")) == (
+                size, seed, want_train, True):
             log(f"reusing {root} (size {size}, train size {want_train}, seed {seed})")
             return root
     info = generate(root, size=size, seed=seed, progress=True, overwrite=True,
-                    train_size=train_size)
+                    train_size=train_size, traces=True)
     log(f"MiniBench size {size} (train {want_train}) seed {seed} in {info['seconds']:.0f} s: "
         f"{info['splits']['train']['train_records']} training records")
     return root
@@ -125,8 +133,11 @@ def write_mix_meta(minibench: Path) -> Path:
 
     worded = minibench / "train" / WORDED_TRAIN
     if not worded.exists():
-        changed = worded_mcq_file(minibench / "train" / "train.jsonl", worded)
-        log(f"{worded}: {changed} multiple-choice turns answered with the option's text")
+        direct = minibench / "train" / "train_direct.jsonl"
+        kept = without_cot(minibench / "train" / "train.jsonl", direct)
+        changed = worded_mcq_file(direct, worded)
+        log(f"{worded}: {kept} records without reasoning traces, {changed} multiple-choice "
+            "turns answered with the option's text")
     mix = {}
     for folder, repeat in (("train", 1), ("look", LOOK_REPEAT)):
         for name, entry in json.loads((minibench / folder / "meta.json").read_text("utf-8")).items():
@@ -134,6 +145,44 @@ def write_mix_meta(minibench: Path) -> Path:
             mix[name] = {**entry, "root": f"{folder}/{entry['root']}",
                          "annotation": f"{folder}/{annotation}", "repeat_time": repeat}
     path = minibench / "mix_meta.json"
+    path.write_text(json.dumps(mix, indent=2) + "\n", "utf-8")
+    return path
+
+
+def without_cot(src: Path, dst: Path) -> int:
+    """Copy a training jsonl without its chain-of-thought records (stages 1-2 are v1's)."""
+    from tilevl.eval.benchmarks.common import MCQ_COT_PROMPT, OPEN_COT_PROMPT
+
+    kept = []
+    with open(src, encoding="utf-8") as f:
+        for line in f:
+            ask = json.loads(line)["conversations"][0]["value"]
+            if not ask.endswith((MCQ_COT_PROMPT, OPEN_COT_PROMPT)):
+                kept.append(line)
+    dst.write_text("".join(kept), "utf-8")
+    return len(kept)
+
+
+def write_reason_meta(minibench: Path, answers: str) -> Path:
+    """minibench/reason_<answers>_meta.json: the whole train split with its reasoning traces
+    (multiple choice answered with letters, or with the option's text for `words`), and the
+    look items LOOK_REPEAT times."""
+    from tilevl.minibench.formats import worded_mcq_file
+
+    annotation = "train.jsonl"
+    if answers == "words":
+        annotation = "train_worded_cot.jsonl"
+        if not (minibench / "train" / annotation).exists():
+            changed = worded_mcq_file(minibench / "train" / "train.jsonl",
+                                      minibench / "train" / annotation)
+            log(f"{annotation}: {changed} multiple-choice turns answered with the option's text")
+    mix = {}
+    for folder, repeat in (("train", 1), ("look", LOOK_REPEAT)):
+        for name, entry in json.loads((minibench / folder / "meta.json").read_text("utf-8")).items():
+            mix[name] = {**entry, "root": f"{folder}/{entry['root']}",
+                         "annotation": f"{folder}/{annotation if folder == 'train' else entry['annotation']}",
+                         "repeat_time": repeat}
+    path = minibench / f"reason_{answers}_meta.json"
     path.write_text(json.dumps(mix, indent=2) + "\n", "utf-8")
     return path
 
@@ -161,7 +210,7 @@ def build_start_checkpoint(out: Path, minibench: Path, vocab_size: int, seed: in
     from tilevl.checkpoint.tokenizer import build_bpe_tokenizer, img_context_token_id
     from tilevl.model.vlm import build_model
 
-    tokenizer = build_bpe_tokenizer(corpus=training_texts(minibench / "train" / "train.jsonl"),
+    tokenizer = build_bpe_tokenizer(corpus=training_texts(minibench / "train" / "train_direct.jsonl"),
                                     vocab_size=vocab_size)
     model = build_model(PRESET, seed=seed)
     if len(tokenizer) > model.config.llm["vocab_size"]:
@@ -287,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-limit", type=int, default=None, help="only the first K dev questions")
     p.add_argument("--from-stage", type=int, default=1, choices=range(1, len(STAGES) + 1),
                    help="start at this training stage, from the previous stage's OUT model")
+    p.add_argument("--answers", choices=("letters", "words"), default="letters",
+                   help="stage 3: multiple choice answered with the option's letter or text")
+    p.add_argument("--start", default=None,
+                   help="with --from-stage N: the model stage N starts from (default: "
+                        "OUT/<stage N-1>/model)")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value for tilevl train")
     args = p.parse_args(argv)
 
@@ -303,20 +357,24 @@ def main(argv: list[str] | None = None) -> int:
     minibench = generate_minibench(out, plan["size"], args.seed, plan["train_size"])
     generate_look_items(minibench, LOOK_ITEMS["quick" if args.quick else "full"], args.seed)
     write_mix_meta(minibench)
+    write_reason_meta(minibench, args.answers)
     run = {"minibench_size": plan["size"], "train_size": plan["train_size"], "seed": args.seed, "config": str(CONFIG.relative_to(REPO))}
     if args.from_stage > 1 and (out / "run.json").exists():
         run = json.loads((out / "run.json").read_text("utf-8"))
     model = out / STAGES[args.from_stage - 2][0] / "model" if args.from_stage > 1 else None
+    if args.start:
+        model = Path(args.start)
+        run[f"stage{args.from_stage}_start"] = str(model)
     for number, (name, meta, steps, quick_steps, changes) in enumerate(STAGES, start=1):
         if number < args.from_stage:
             continue
         if model is None:
             model = build_start_checkpoint(out, minibench, plan["vocab_size"], args.seed)
         result, config, seconds = run_training(
-            model, minibench / meta, out / name, quick_steps if args.quick else steps,
+            model, minibench / meta.format(answers=args.answers), out / name, quick_steps if args.quick else steps,
             args.quick, changes + extra)
         run[f"stage{number}"] = dict(
-            data=meta, steps=result.global_step, minutes=round(seconds / 60, 1),
+            data=meta.format(answers=args.answers), steps=result.global_step, minutes=round(seconds / 60, 1),
             mean_loss=result.train_loss, last_loss=result.last_loss, overrides=changes + extra,
             learning_rate=config.learning_rate, batch_size=config.per_device_train_batch_size)
         (out / "run.json").write_text(json.dumps(run, indent=2) + "\n", "utf-8")

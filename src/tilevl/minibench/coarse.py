@@ -64,7 +64,7 @@ def image_style(rng: random.Random, hard: bool) -> Item:
     options, answer = make_options(rng, STYLE_TEXT[style], STYLE_TEXT.values())
     return Item("image_style", img, "Which best describes the drawing style of this image?",
                 options, answer, hard=hard,
-                caption=f"Several shapes drawn as {STYLE_TEXT[style]}.")
+                caption=f"Several shapes drawn as {STYLE_TEXT[style]}.", meta={"style": style})
 
 
 def image_quality(rng: random.Random, hard: bool) -> Item:
@@ -224,7 +224,7 @@ def image_topic(rng: random.Random, hard: bool) -> Item:
         _paint_topic(img, rng, (0, 0, w - 1, h - 1), topic)
     options, answer = make_options(rng, TOPIC_TEXT[topic], TOPIC_TEXT.values())
     return Item("image_topic", img, "What does this image mainly show?", options, answer,
-                hard=hard)
+                hard=hard, meta={"topic": topic})
 
 
 GENERATORS = {"image_style": image_style, "image_quality": image_quality,

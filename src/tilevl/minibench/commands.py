@@ -13,7 +13,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     info = generate(args.out_dir, size=args.size, seed=args.seed, categories=args.categories,
                     progress=not args.no_progress, workers=args.workers, overwrite=args.overwrite,
-                    train_size=args.train_size)
+                    train_size=args.train_size, traces=args.traces)
     print(f"wrote MiniBench to {info['out_dir']} in {info['seconds']:.1f} s")
     return 0
 
@@ -36,6 +36,9 @@ def add_minibench_parsers(sub) -> None:
     g.add_argument("--train-size", type=int, default=None,
                    help="multiple-choice items in train (default: half of --size); dev and "
                         "test stay as --size makes them")
+    g.add_argument("--traces", action="store_true",
+                   help="train split: each question also asked with the CoT prompt and "
+                        "answered by its step-by-step reasoning trace")
     g.add_argument("--categories", nargs="+", help="category or L2-group names (default: all)")
     g.add_argument("--workers", type=int, default=None, help="processes drawing images")
     g.add_argument("--overwrite", action="store_true", help="replace an earlier MiniBench in OUT_DIR")

@@ -82,12 +82,24 @@ def jsonl_text(records: Iterable[Mapping]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def mmbench_prompt(question: str, hint: str, options: Sequence[str]) -> str:
-    """InternVL's MMBench prompt: hint, question, "A. …" lines, then the answer instruction."""
+def mmbench_prompt(question: str, hint: str, options: Sequence[str], cot: bool = False) -> str:
+    """InternVL's MMBench prompt: hint, question, "A. …" lines, then the answer instruction
+    (with `cot`, the chain-of-thought instruction `tilevl eval --cot` asks with)."""
     text = f"{hint}\n{question}" if hint else question
     for letter, option in zip(LETTERS, options):
         text += f"\n{letter}. {option}"
+    if cot:
+        from tilevl.eval.benchmarks.common import MCQ_COT_PROMPT
+
+        return f"{text}\n{MCQ_COT_PROMPT}"
     return f"{text}\n{MCQ_PROMPT}"
+
+
+def open_cot_prompt(question: str) -> str:
+    """An open question with the chain-of-thought instruction `tilevl eval --cot` uses."""
+    from tilevl.eval.benchmarks.common import OPEN_COT_PROMPT
+
+    return f"{question}\n{OPEN_COT_PROMPT}"
 
 
 def vqa_prompt(question: str) -> str:
@@ -138,12 +150,22 @@ def meta_json(name: str, annotation: str, length: int, root: str = "images/") ->
                    "repeat_time": 1, "length": length}}
 
 
+COT_ANSWER = "Answer: "  # the final line of a chain-of-thought reply (tilevl.minibench.traces)
+
+
+def _is_cot_mcq(prompt: str) -> bool:
+    from tilevl.eval.benchmarks.common import MCQ_COT_PROMPT
+
+    return prompt.endswith(MCQ_COT_PROMPT)
+
+
 def worded_mcq_file(src, dst) -> int:
     """Copy a training jsonl, answering its multiple-choice turns with the chosen option's
     text instead of its letter; returns how many turns changed.
 
     A turn counts as multiple choice when its prompt ends with the MMBench instruction and the
-    reply is a single letter A-D.  The prompt is kept: MMBench's rule
+    reply is a single letter A-D, or when it ends with the CoT instruction and the reply's last
+    line is "Answer: <letter>" (that line then names the option's text).  The prompt is kept: MMBench's rule
     (`tilevl.eval.metrics.choices.extract_choice`: the letter, else the one option text the
     answer contains) reads a reply in words as that option.  For a model too small to learn
     the letter lookup (tilevl-tiny); see scripts/train_tilevl_tiny.py.
@@ -158,14 +180,16 @@ def worded_mcq_file(src, dst) -> int:
             record = json.loads(line)
             turns = record["conversations"]
             for ask, reply in zip(turns[::2], turns[1::2]):
-                letter = reply["value"]
-                if not (ask["value"].endswith(MCQ_PROMPT) and letter in LETTERS):
+                head, _, letter = reply["value"].rpartition("\n" + COT_ANSWER)
+                if ask["value"].endswith(MCQ_PROMPT) and reply["value"] in LETTERS:
+                    head, letter = None, reply["value"]
+                elif not (_is_cot_mcq(ask["value"]) and letter in LETTERS):
                     continue
                 option = [row[3:] for row in ask["value"].split("\n") if row.startswith(f"{letter}. ")]
                 if len(option) != 1:
                     raise ValueError(f"{src}:{number}: record {record.get('id')!r}: no single "
                                      f"option {letter} in its multiple-choice prompt")
-                reply["value"] = option[0]
+                reply["value"] = option[0] if head is None else f"{head}\n{COT_ANSWER}{option[0]}"
                 changed += 1
             lines.append(json.dumps(record, ensure_ascii=False))
     Path(dst).write_text("".join(line + "\n" for line in lines), "utf-8")

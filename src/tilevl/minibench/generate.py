@@ -22,6 +22,7 @@ from tilevl.minibench import formats as fmt
 from tilevl.minibench.categories import CATEGORIES, make_item, resolve_categories
 from tilevl.minibench.draw import png_bytes
 from tilevl.minibench.scenes import grounding_scene, icon_caption, pope_image, pope_questions
+from tilevl.minibench.traces import cot_reply, number_trace, reasoning_trace
 
 FORMAT_VERSION = 1
 # Share of `size` (the number of multiple-choice items over all splits) given to each split.
@@ -110,7 +111,9 @@ def draw_unit(unit: Unit, seed: int, attempt: int = 0) -> tuple[dict, bytes, int
                 img = item.image
                 rec = {"question": item.question, "options": item.options, "answer": item.answer,
                        "hint": item.hint, "open_question": item.open_question,
-                       "open_answers": item.open_answers, "caption": item.caption}
+                       "open_answers": item.open_answers, "caption": item.caption,
+                       "trace": reasoning_trace(item),
+                       "open_trace": number_trace(item) if item.open_answers else None}
             elif unit.kind == "pope":
                 img, objs = pope_image(rng, unit.hard)
                 rec = {"objects": [o.name for o in objs], "caption": icon_caption(objs)}
@@ -175,7 +178,7 @@ def _write(path: Path, data: str | bytes) -> None:
 
 
 def _write_split(root: Path, split: str, drawn: list[tuple[Unit, dict, bytes]], seed: int,
-                 formats) -> dict:
+                 formats, traces: bool = False) -> dict:
     """Write one split's files and return its counts."""
     d = root / split
     by_kind: dict[str, list] = {}
@@ -211,6 +214,10 @@ def _write_split(root: Path, split: str, drawn: list[tuple[Unit, dict, bytes]], 
             question = f"{rec['hint']}\n{rec['question']}" if rec["hint"] else rec["question"]
             train.append(fmt.conversation("", name, *size, [
                 (fmt.vqa_prompt(question), rec["options"][rec["answer"]])]))
+            if traces:  # the same question once more, reasoned step by step (traces.py)
+                train.append(fmt.conversation("", name, *size, [
+                    (fmt.mmbench_prompt(rec["question"], rec["hint"], rec["options"], cot=True),
+                     cot_reply(rec["trace"], rec["options"], rec["answer"]))]))
 
     vqa = by_kind.get("vqa", [])
     if vqa:
@@ -224,6 +231,11 @@ def _write_split(root: Path, split: str, drawn: list[tuple[Unit, dict, bytes]], 
             train.append(fmt.conversation("", img_name(unit), rec["width"], rec["height"],
                                           [(fmt.vqa_prompt(rec["open_question"]),
                                             rec["open_answers"][0])]))
+            if traces and split == "train":
+                train.append(fmt.conversation(
+                    "", img_name(unit), rec["width"], rec["height"],
+                    [(fmt.open_cot_prompt(rec["open_question"]),
+                      f"{rec['open_trace']}\nAnswer: {rec['open_answers'][0]}")]))
         _write(d / "vqa.jsonl", fmt.jsonl_text(records))
         counts["vqa"] = len(records)
 
@@ -339,7 +351,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
 
 def generate(out_dir, size: int = 200, seed: int = 0, categories=None, progress: bool = True,
              *, formats=FORMATS, workers: int | None = None, overwrite: bool = False,
-             train_size: int | None = None) -> dict:
+             train_size: int | None = None, traces: bool = False) -> dict:
     """Generate MiniBench into `out_dir` (a folder per split, plus README.txt and info.json).
 
     Args:
@@ -357,6 +369,9 @@ def generate(out_dir, size: int = 200, seed: int = 0, categories=None, progress:
         overwrite: replace a previous MiniBench output in `out_dir`.
         train_size: multiple-choice items in train instead of its share of `size` (the other
             formats scale with it). Dev and test are drawn first, so they do not change.
+        traces: also write each train multiple-choice and open question once more with
+            the CoT prompt, answered by its reasoning trace (`tilevl.minibench.traces`) and
+            the final "Answer: X" line; dev and test do not change.
     Returns:
         info.json's content plus "out_dir" and "seconds".
     """
@@ -381,14 +396,14 @@ def generate(out_dir, size: int = 200, seed: int = 0, categories=None, progress:
     splits = {}
     for split in SPLIT_ORDER:
         mine = [(u, rec, png) for u, (rec, png) in zip(units, drawn) if u.split == split]
-        splits[split] = _write_split(out, split, mine, seed, formats)
+        splits[split] = _write_split(out, split, mine, seed, formats, traces)
     per_category: dict[str, dict[str, int]] = {n: {} for n in names}
     for u in units:
         if u.kind == "mcq":
             per_category[u.category][u.split] = per_category[u.category].get(u.split, 0) + 1
     info = {
         "name": "MiniBench", "format_version": FORMAT_VERSION, "seed": seed, "size": size,
-        "train_size": sizes["train"],
+        "train_size": sizes["train"], "traces": traces,
         "pillow": PIL.__version__, "formats": list(formats), "split_ratios": SPLIT_RATIOS,
         "splits": {s: splits[s] for s in ("train", "dev", "test")},
         "categories": {n: {"l2": CATEGORIES[n].l2, "description": CATEGORIES[n].description,

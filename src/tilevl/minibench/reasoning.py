@@ -78,7 +78,8 @@ def spatial_relationship(rng: random.Random, hard: bool) -> Item:
     options, answer = make_options(rng, rel, RELATIONS)
     return Item("spatial_relationship", img,
                 f"Where is {a.phrase} relative to {b.phrase}?", options, answer, hard=hard,
-                objects=objs, caption=f"{a.phrase.capitalize()} is {rel} of {b.phrase}.")
+                objects=objs, caption=f"{a.phrase.capitalize()} is {rel} of {b.phrase}.",
+                meta={"relation": rel})
 
 
 def attribute_comparison(rng: random.Random, hard: bool) -> Item:
@@ -147,7 +148,7 @@ def function_reasoning(rng: random.Random, hard: bool) -> Item:
     options, answer = make_options(rng, target, rivals[:3])
     return Item("function_reasoning", img,
                 f"Which object in the image would you use to {FUNCTIONS[target]}?", options,
-                answer, hard=hard, objects=objs)
+                answer, hard=hard, objects=objs, meta={"drawn": names, "use": FUNCTIONS[target]})
 
 
 def physical_relation(rng: random.Random, hard: bool) -> Item:
@@ -287,7 +288,8 @@ def future_prediction(rng: random.Random, hard: bool) -> Item:
     options, answer = make_options(rng, answer_text, rivals)
     return Item("future_prediction", img,
                 "The pictures follow a pattern. What comes next in place of the question mark?",
-                options, answer, hint="Read the pictures from left to right.", hard=hard)
+                options, answer, hint="Read the pictures from left to right.", hard=hard,
+                meta={"kind": kind, "steps": [list(step) for step in steps[:length]]})
 
 
 def chart_reading(rng: random.Random, hard: bool) -> Item:
