@@ -13,16 +13,16 @@ from tilevl.errors import ConfigError
 from tilevl.recipes.mmalaya import (
     _Models,
     build_category_data,
-    format_table,
     load_mmalaya_config,
     prepare_base,
 )
+from tilevl.recipes.mmalaya_report import format_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "recipes"
-METHODS = ("ties", "linear", "task_arithmetic")
+METHODS = ("ties", "dare_ties", "linear", "task_arithmetic", "peft_ties")
 
 
 def _run(argv: list[str]) -> int:
@@ -35,42 +35,68 @@ def _run(argv: list[str]) -> int:
 
 
 def test_quick_recipe_end_to_end_on_tiny(tmp_path, capsys):
-    run = tmp_path / "run"
+    run, published = tmp_path / "run", tmp_path / "results"
     argv = ["recipe", "mmalaya", "--config", str(CONFIGS / "mmalaya_mini.yaml"), "--quick",
-            "--model", "tiny", "--run-dir", str(run)]
+            "--model", "tiny", "--run-dir", str(run), "--publish", str(published)]
     assert _run(argv) == 0
     captured = capsys.readouterr()
     summary = json.loads((run / "summary.json").read_text())
-    chosen = summary["chosen"]
+    chosen = summary["targeted"]
     assert len(chosen) == 2 and json.loads((run / "selection.json").read_text())["chosen"] == chosen
     for path in ["base/config.json", "minibench/info.json", "minibench/dev/mcq.tsv",
                  "minibench/test/mcq.tsv", "eval/base/dev-direct/results.json", "table.md",
                  "eval/base/test-cot-vote2/results.json", "eval/ties/test-cot-vote2/results.json"]:
         assert (run / path).exists(), path
+    assert not (run / "minibench" / "train").exists()  # the benchmark draws no train split
+    lora = json.loads((run / "lora" / chosen[0] / "adapter" / "adapter_config.json").read_text())
+    assert lora["rank_pattern"]  # LoRA on the ViT as well as the LLM (use_backbone_lora)
     for category in chosen:
         choice = json.loads((run / "data" / category / "choice.json").read_text())
         assert choice["mode"] in ("cot", "plain") and choice["records"] > 0
         assert Path(choice["meta_path"]).exists() and choice["cot"]["questions"] == 6
         assert (run / "data" / category / "cot" / "train.report.json").exists()
         assert (run / "lora" / category / "adapter" / "adapter_config.json").exists()
+        # The ceiling: each LoRA alone, evaluated on its own category's items only.
+        single = json.loads((run / "eval" / f"single-{category}" / "test-direct" / "results.json").read_text())
+        assert set(single["per_category"]["values"]) == {category}
     for method in METHODS:
         assert (run / "merged" / method / "config.json").exists()
         assert (run / "eval" / method / "test-direct" / "results.json").exists()
+
+    # summary.json: per method the deltas vs the base (fractions) with their intervals.
+    assert set(summary["methods"]) == {"single", *METHODS}
+    assert summary["seed"] == 0 and summary["split"] == "test" and summary["bootstrap"]["resamples"] == 2000
+    assert sum(summary["items"]["per_category"].values()) == summary["items"]["total"] > 0
+    for name, entry in summary["methods"].items():
+        lo, hi = entry["delta_targeted_ci95"]
+        assert -1 <= lo <= entry["delta_targeted"] <= hi <= 1, name
+        assert entry["targeted"] - summary["base"]["targeted"] == pytest.approx(entry["delta_targeted"])
+        if name == "single":
+            assert entry["delta_untargeted"] is None and entry["kept_of_single"] is None
+            assert set(entry["per_category"]) == set(chosen)
+        else:
+            lo, hi = entry["delta_untargeted_ci95"]
+            assert lo <= entry["delta_untargeted"] <= hi and len(entry["per_category"]) == 4
+            results = json.loads((run / "eval" / name / "test-direct" / "results.json").read_text())
+            for category, value in results["per_category"]["values"].items():  # the runner's own scores
+                assert entry["per_category"][category]["score"] == pytest.approx(value)
+    timings = summary["timings_s"]
+    assert {"generate_bench", "eval_dev", f"train/{chosen[0]}", "merge/ties", "eval/base"} <= set(timings)
+
     table = summary["table"].splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]
-    assert header[:3] == ["Model", f"{chosen[0]}*", f"{chosen[1]}*"]
-    assert header[-2:] == ["Trained avg", "Average"] and len(header) == 7  # 4 categories
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["base", *METHODS]
-    assert all(line.count("(+") + line.count("(-") == 6 for line in table[3:])
-    assert summary["best_method"] in (*METHODS, None) and set(summary["gains"]) == set(METHODS)
-    assert set(summary["test_time_scaling"]) == {"base", "ties"}
-    assert summary["table"] in captured.out and summary["verdict"] in captured.out
-    assert summary["verdict"].startswith("merge methods, change of the average over base: ties ")
-    assert (run / "table.md").read_text().count("| base |") == 2  # both tables
+    assert header == ["Model", f"{chosen[0]}*", f"{chosen[1]}*", "Trained avg", "Untargeted avg", "Overall"]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["base", "single", *METHODS]
+    assert all(line.count("(+") + line.count("(-") == 5 for line in table[4:])
+    assert summary["table"] in captured.out and summary["stats_table"] in captured.out
+    assert summary["verdict"].startswith("single: targeted ")
+    assert (run / "table.md").read_text().count("| base |") == 2  # the seeds' table and TTS
+    assert sorted(p.name for p in published.iterdir()) == ["chart.png", "summary.json", "table.md"]
 
     assert _run(argv) == 0  # every step's outputs exist: nothing is redone
     again = capsys.readouterr().err
     assert "evaluating" not in again and "training" not in again and "merging" not in again
+    assert "folding" not in again and json.loads((run / "summary.json").read_text())["timings_s"] == timings
     with pytest.raises(ConfigError, match="other settings.*weakest"):
         _run(argv + ["--set", "weakest=3"])
 
@@ -111,12 +137,15 @@ def test_config_errors_name_file_line_and_key(tmp_path):
 
 
 def test_table_shows_change_from_base():
-    rows = {"base": {"per_category": {"ocr": 50.0, "ocr2": 80.0}, "trained_avg": 50.0, "overall": 60.0},
-            "ties": {"per_category": {"ocr": 62.5, "ocr2": 75.0}, "trained_avg": 62.5, "overall": 66.0}}
-    table = format_table(rows, ["ocr"], ["ocr2", "ocr"]).splitlines()
-    assert table[0] == "| Model | ocr* | ocr2 | Trained avg | Average |"
-    assert table[2] == "| base | 50.0 | 80.0 | 50.0 | 60.0 |"
-    assert table[3] == "| ties | 62.5 (+12.5) | 75.0 (-5.0) | 62.5 (+12.5) | 66.0 (+6.0) |"
+    base = {"per_category": {"ocr": 0.5, "ocr2": 0.8}, "targeted": 0.5, "untargeted": 0.8, "overall": 0.6}
+    ties = {"per_category": {"ocr": {"score": 0.625}, "ocr2": {"score": 0.75}}, "targeted": 0.625,
+            "untargeted": 0.75, "overall": 0.66}
+    single = {"per_category": {"ocr": {"score": 0.7}}, "targeted": 0.7, "untargeted": None, "overall": None}
+    table = format_table(base, {"single": single, "ties": ties}, ["ocr"]).splitlines()
+    assert table[0] == "| Model | ocr* | Trained avg | Untargeted avg | Overall |"
+    assert table[2] == "| base | 50.0 | 50.0 | 80.0 | 60.0 |"
+    assert table[3] == "| single | 70.0 (+20.0) | 70.0 (+20.0) | – | – |"
+    assert table[4] == "| ties | 62.5 (+12.5) | 62.5 (+12.5) | 75.0 (-5.0) | 66.0 (+6.0) |"
 
 
 class AlwaysWrong(AlwaysRight):
