@@ -57,7 +57,7 @@ def format_table(base: dict, methods: dict[str, dict], targeted: list[str]) -> s
 
 def format_stats_table(methods: dict[str, dict], resamples: int) -> str:
     """Each method's change from the base with its paired-bootstrap 95 % interval (points)."""
-    lines = [f"| Method | Δ targeted | 95 % CI | Δ untargeted | 95 % CI | kept of single |",
+    lines = ["| Method | Δ targeted | 95 % CI | Δ untargeted | 95 % CI | kept of single |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, e in methods.items():
         delta_t = "–" if e["delta_targeted"] is None else f"{100 * e['delta_targeted']:+.1f}"
