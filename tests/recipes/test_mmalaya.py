@@ -176,3 +176,16 @@ def test_plain_data_answers_multiple_choice_as_configured(tmp_path, monkeypatch,
         assert set(replies) <= set("ABCD")
     else:
         assert not set(replies) & set("ABCD") and all(len(r) > 1 for r in replies)
+
+
+def test_plain_answers_auto_follows_the_bases_dev_replies(tmp_path):
+    from tilevl.recipes.mmalaya import base_answer_style
+
+    with pytest.raises(ConfigError, match="plain_answers: auto reads the base's dev replies"):
+        base_answer_style(tmp_path)
+    path = tmp_path / "eval" / "base" / "dev-direct" / "predictions.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps({"prediction": p}) + "\n" for p in ["B", "(C)", "red circle"]))
+    assert base_answer_style(tmp_path) == "letter"
+    path.write_text("".join(json.dumps({"prediction": p}) + "\n" for p in ["A.", "three", "red circle"]))
+    assert base_answer_style(tmp_path) == "text"

@@ -173,15 +173,29 @@ def build_category_data(cfg: MMAlayaConfig, models: _Models, base: Path, categor
         raise ConfigError(f"data_mode: cot kept no question of {category} "
                           f"({cot['questions']} asked); use data_mode auto or plain")
     meta = folder / "cot" / "meta.json" if use_cot else bench / "train" / "meta.json"
-    if not use_cot and cfg.plain_answers == "text":
+    answers = cfg.plain_answers if cfg.plain_answers != "auto" or use_cot else base_answer_style(run)
+    if not use_cot and answers == "text":
         meta = _worded_meta(bench / "train")
     records = cot["records"] if use_cot else json.loads(meta.read_text())["minibench_train"]["length"]
     choice = {"mode": "cot" if use_cot else "plain", "meta_path": str(meta), "records": records,
+              "answers": None if use_cot else answers,
               "cot": None if cot is None else {k: cot[k] for k in ("questions", "kept", "dropped",
                                                                      "keep_rate", "records")}}
     write_json(choice_path, choice)
     _say(f"{category}: {choice['mode']} data, {records} records")
     return choice
+
+
+def base_answer_style(run: Path) -> str:
+    """"letter" when most of the base's dev replies are a bare option letter, else "text"."""
+    import re
+
+    path = run / "eval" / "base" / "dev-direct" / "predictions.jsonl"
+    if not path.exists():
+        raise ConfigError(f"plain_answers: auto reads the base's dev replies, but {path} is missing")
+    replies = [json.loads(line).get("prediction") or "" for line in path.read_text("utf-8").splitlines() if line]
+    letters = sum(bool(re.fullmatch(r"\(?[A-Z][.):]?", r.strip())) for r in replies)
+    return "letter" if replies and letters > len(replies) / 2 else "text"
 
 
 def _worded_meta(split: Path) -> Path:
@@ -415,7 +429,9 @@ def run_mmalaya(cfg: MMAlayaConfig) -> dict:
         for n, s in scaling.items()]) if scaling else "(test-time scaling off: tts_samples 0)"
     text = (f"# MMAlaya2 in miniature on MiniBench ({cfg.eval_split}, circular accuracy %)\n\n"
             f"Base: {cfg.model}, seed {cfg.seed}. One LoRA for each of the {len(chosen)} categories "
-            f"marked *; `single` is each LoRA alone on its own category (the ceiling).\n\n{table}\n\n"
+            f"marked *; `single` is each LoRA alone on its own category (the ceiling). Untargeted: "
+            f"{len(untargeted)} categories ({', '.join(untargeted) or 'none'}). Items per category: "
+            f"{min(map(len, base_items.values()))}–{max(map(len, base_items.values()))} (circular).\n\n{table}\n\n"
             f"## Change from the base\n\n{stats_table}\n\n{verdict}\n\n"
             f"## Training data\n\n{report.format_data_table(data)}\n\n"
             f"## Test-time scaling (k = {cfg.tts_samples})\n\n{tts_table}\n")

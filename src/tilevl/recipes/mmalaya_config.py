@@ -40,7 +40,8 @@ class MMAlayaConfig:
         cot_min_records: the least CoT records "auto" accepts for a category.
         plain_answers: how the plain data answers multiple choice: "letter" (the gold
             letter) or "text" (the chosen option's text, for a base that answers in words,
-            like tilevl-tiny; `tilevl.minibench.formats.worded_mcq_file`).
+            like tilevl-tiny; `tilevl.minibench.formats.worded_mcq_file`) or "auto" (as
+            the base answered its dev questions: letters when most replies are one letter).
         train_config: a `tilevl train` YAML the `train` values are layered on (optional).
         train: TrainConfig values (use_llm_lora, learning_rate, max_steps, …).
         merge_methods: merge methods compared (the first is the recipe's, TIES): dense
@@ -76,7 +77,7 @@ class MMAlayaConfig:
     cot_temperature: float = 0.7
     cot_max_new_tokens: int = 512
     cot_min_records: int = 20
-    plain_answers: Literal["letter", "text"] = "letter"
+    plain_answers: Literal["letter", "text", "auto"] = "letter"
     train_config: str | None = None
     train: dict = field(default_factory=dict)
     merge_methods: list[str] = field(default_factory=lambda: [
