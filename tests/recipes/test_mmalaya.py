@@ -189,3 +189,19 @@ def test_plain_answers_auto_follows_the_bases_dev_replies(tmp_path):
     assert base_answer_style(tmp_path) == "letter"
     path.write_text("".join(json.dumps({"prediction": p}) + "\n" for p in ["A.", "three", "red circle"]))
     assert base_answer_style(tmp_path) == "text"
+
+
+def test_subset_tsv_keeps_the_categories_rows_whole(tmp_path):
+    from tilevl.eval.benchmarks.mmbench import read_mcq_tsv
+    from tilevl.minibench import generate
+    from tilevl.recipes.mmalaya import subset_tsv
+
+    generate(tmp_path / "mb", size=60, seed=0, progress=False, formats=("mcq",), train_size=0)
+    source = tmp_path / "mb" / "test" / "mcq.tsv"
+    out = subset_tsv(source, ["image_style", "image_quality"], tmp_path / "sub.tsv")
+    everything, subset = read_mcq_tsv(source), read_mcq_tsv(out)
+    wanted = [s for s in everything if s.record["category"] in ("image_style", "image_quality")]
+    assert [s.index for s in subset] == [s.index for s in wanted] and len(subset) > 4
+    assert all(a.record == b.record and a.image == b.image for a, b in zip(subset, wanted))
+    with pytest.raises(ConfigError, match="no row of categories"):
+        subset_tsv(source, ["nonexistent"], tmp_path / "none.tsv")
