@@ -205,3 +205,19 @@ def test_subset_tsv_keeps_the_categories_rows_whole(tmp_path):
     assert all(a.record == b.record and a.image == b.image for a, b in zip(subset, wanted))
     with pytest.raises(ConfigError, match="no row of categories"):
         subset_tsv(source, ["nonexistent"], tmp_path / "none.tsv")
+
+
+def test_mini_config_has_the_power_and_methods_issue_18_asks_for():
+    """>= 100 circular items per category in test, >= 6 LoRAs on the ViT and the LLM, every method."""
+    from collections import Counter
+
+    from tilevl.minibench.categories import resolve_categories
+    from tilevl.minibench.generate import plan_units, split_sizes
+
+    cfg = load_mmalaya_config(CONFIGS / "mmalaya_mini.yaml")
+    names = resolve_categories(cfg.categories)
+    test = split_sizes(cfg.bench_size)["test"]
+    counts = Counter(u.category for u in plan_units("test", test, names, ("mcq",)))
+    assert len(counts) == 21 and min(counts.values()) >= 100
+    assert cfg.weakest >= 6 and cfg.train["use_backbone_lora"] > 0 and cfg.train["use_llm_lora"] > 0
+    assert cfg.merge_methods == list(METHODS) and cfg.bootstrap_resamples >= 2000
