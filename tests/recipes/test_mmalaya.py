@@ -16,7 +16,7 @@ from tilevl.recipes.mmalaya import (
     load_mmalaya_config,
     prepare_base,
 )
-from tilevl.recipes.mmalaya_report import format_table
+from tilevl.recipes.mmalaya_report import check_goals, format_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,7 +89,8 @@ def test_quick_recipe_end_to_end_on_tiny(tmp_path, capsys):
     assert [line.split("|")[1].strip() for line in table[2:]] == ["base", "single", *METHODS]
     assert all(line.count("(+") + line.count("(-") == 5 for line in table[4:])
     assert summary["table"] in captured.out and summary["stats_table"] in captured.out
-    assert summary["verdict"].startswith("single: targeted ")
+    assert summary["verdict"].startswith("single: targeted ") and "Goals for ties: " in summary["verdict"]
+    assert summary["goals"]["targeted_ci_above_0"] is False  # a random tiny model gains nothing
     assert (run / "table.md").read_text().count("| base |") == 2  # the seeds' table and TTS
     assert sorted(p.name for p in published.iterdir()) == ["chart.png", "summary.json", "table.md"]
 
@@ -221,3 +222,17 @@ def test_mini_config_has_the_power_and_methods_issue_18_asks_for():
     assert len(counts) == 21 and min(counts.values()) >= 100
     assert cfg.weakest >= 6 and cfg.train["use_backbone_lora"] > 0 and cfg.train["use_llm_lora"] > 0
     assert cfg.merge_methods == list(METHODS) and cfg.bootstrap_resamples >= 2000
+
+
+def test_goals_of_issue_18_are_checked_against_the_summary():
+    ties = {"delta_targeted": 0.12, "delta_targeted_ci95": [0.05, 0.2], "delta_untargeted": -0.015,
+            "kept_of_single": 0.8}
+    linear = {**ties, "kept_of_single": 0.5}
+    assert check_goals({"ties": ties, "linear": linear}) == {
+        "targeted_gain_ge_10_points": True, "targeted_ci_above_0": True,
+        "untargeted_cost_le_2_points": True, "keeps_more_of_single_than_linear": True}
+    worse = {**ties, "delta_targeted": 0.04, "delta_targeted_ci95": [-0.01, 0.09], "delta_untargeted": -0.03,
+             "kept_of_single": None}
+    assert check_goals({"ties": worse, "linear": linear}) == {
+        "targeted_gain_ge_10_points": False, "targeted_ci_above_0": False,
+        "untargeted_cost_le_2_points": False, "keeps_more_of_single_than_linear": None}

@@ -424,6 +424,9 @@ def run_mmalaya(cfg: MMAlayaConfig) -> dict:
         + ("" if e["delta_untargeted"] is None else
            f", untargeted {100 * e['delta_untargeted']:+.1f} {report._ci(e['delta_untargeted_ci95'])}")
         for m, e in methods.items() if m in ("single", lead)) + " (points vs the base, 95 % CI)"
+    goals = report.check_goals(methods, lead)
+    if goals:
+        verdict += ". " + report.format_goals(goals, lead)
     tts_table = "\n".join(["| Model | direct | CoT + vote@k | gain |", "| --- | --- | --- | --- |"] + [
         f"| {n} | {s['direct']:.1f} | {s[f'cot+vote@{cfg.tts_samples}']:.1f} | {s['gain']:+.1f} |"
         for n, s in scaling.items()]) if scaling else "(test-time scaling off: tts_samples 0)"
@@ -452,7 +455,7 @@ def run_mmalaya(cfg: MMAlayaConfig) -> dict:
                       "paired": True, "stratified_by": "category"},
         "base": base_entry, "methods": methods, "data": data,
         "adapters": [str(a) for a in adapters], "merged": {k: str(v) for k, v in merged.items()},
-        "timings_s": clock.seconds, "test_time_scaling": scaling, "verdict": verdict,
+        "timings_s": clock.seconds, "test_time_scaling": scaling, "goals": goals, "verdict": verdict,
         "table": table, "stats_table": stats_table, "tts_table": tts_table,
         "files": {"table": str(run / "table.md"), "chart": chart},
     }

@@ -80,6 +80,31 @@ def format_data_table(data: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def check_goals(methods: dict[str, dict], lead: str = "ties", against: str = "linear") -> dict:
+    """Issue 18's goals for the recipe's merge: each True / False (None when not measured).
+
+    `lead` lifts the targeted categories by >= 10 points with the interval above 0, costs the
+    untargeted ones <= 2 points, and keeps more of the single-LoRA gains than `against`.
+    """
+    e, other = methods.get(lead), methods.get(against)
+    if e is None:
+        return {}
+    kept = None if other is None or None in (e["kept_of_single"], other["kept_of_single"]) \
+        else e["kept_of_single"] > other["kept_of_single"]
+    return {
+        "targeted_gain_ge_10_points": e["delta_targeted"] >= 0.10,
+        "targeted_ci_above_0": e["delta_targeted_ci95"][0] > 0,
+        "untargeted_cost_le_2_points": None if e["delta_untargeted"] is None else e["delta_untargeted"] >= -0.02,
+        f"keeps_more_of_single_than_{against}": kept,
+    }
+
+
+def format_goals(goals: dict, lead: str = "ties") -> str:
+    """One line: each goal met / missed / not measured."""
+    word = {True: "met", False: "missed", None: "not measured"}
+    return f"Goals for {lead}: " + "; ".join(f"{k.replace('_', ' ')}: {word[v]}" for k, v in goals.items())
+
+
 def plot_deltas(methods: dict[str, dict], path: str | Path, title: str = "") -> Path:
     """Bars of Δ targeted and Δ untargeted per method (points) with their 95 % intervals.
 
@@ -131,5 +156,5 @@ def publish(run: Path, target: str | Path) -> list[Path]:
     return copied
 
 
-__all__ = ["PUBLISHED", "format_data_table", "format_stats_table", "format_table", "plot_deltas",
+__all__ = ["PUBLISHED", "check_goals", "format_data_table", "format_goals", "format_stats_table", "format_table", "plot_deltas",
            "publish"]
