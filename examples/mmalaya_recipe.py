@@ -1,5 +1,5 @@
-"""MMAlaya2's recipe in Python: weakest MiniBench categories -> one LoRA each -> TIES merge ->
-the per-category table (with linear averaging and task arithmetic beside TIES).
+"""MMAlaya2's recipe in Python: weakest MiniBench categories -> one LoRA each (ViT + LLM) -> TIES
+merge -> the per-category table and each method's change from the base with 95 % intervals.
 
     python examples/mmalaya_recipe.py                      # the quick smoke run on `tiny` (CPU, ~1 min)
     python examples/mmalaya_recipe.py MODEL_FOLDER --full  # configs/recipes/mmalaya_mini.yaml on a real base
@@ -23,13 +23,15 @@ for category, data in summary["data"].items():
     cot = data["cot"]
     kept = f"{cot['kept']}/{cot['questions']} questions kept by CoT consistency" if cot else "no CoT"
     print(f"{category}: {data['mode']} data, {data['records']} records ({kept})")
-report = Path(cfg.run_dir) / "data" / summary["chosen"][0] / "cot" / "train.report.json"
+report = Path(cfg.run_dir) / "data" / summary["targeted"][0] / "cot" / "train.report.json"
 if report.exists():
     import json
 
     print(format_report(json.loads(report.read_text())))
 print()
 print(summary["table"])
+print()
+print(summary["stats_table"])
 print()
 print(summary["verdict"])
 print()

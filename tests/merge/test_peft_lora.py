@@ -101,6 +101,53 @@ def test_peft_lora_checkpoint_equals_peft_model_and_differs_from_dense(tmp_path,
     assert gap.abs().max() > 1e-3
 
 
+def _tower_adapter(folder, seed):
+    """An adapter as `tilevl train` writes it with use_backbone_lora 2 + use_llm_lora 4: one
+    PEFT folder whose ViT modules have another rank (rank_pattern / alpha_pattern)."""
+    from tilevl.train.args import TrainConfig
+    from tilevl.train.lora import apply_lora
+
+    model = apply_lora(_base(), TrainConfig(use_llm_lora=4, use_backbone_lora=2, freeze_llm=True,
+                                            freeze_backbone=True, freeze_mlp=True))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)  # PEFT starts B at zero; a trained B is not
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(str(folder))
+    return folder
+
+
+def test_peft_lora_merges_vit_and_llm_loras_of_different_ranks(tmp_path, base_ckpt, monkeypatch):
+    """The MMAlaya2 recipe's adapters (LoRA on the ViT and the LLM): PEFT's LoRA-TIES keeps
+    each module's rank in memory; the written adapter must say so to load and fold the same."""
+    folders = [_tower_adapter(tmp_path / f"t{i}", 30 + i) for i in range(3)]
+    assert read_adapter(folders[0]).config["rank_pattern"]
+    model = _peft_merged(folders, "ties", monkeypatch)
+    expected = _peft_factors(model)
+    assert {a.shape[0] for a, _ in expected.values()} == {2, 4}
+    assert any(n.startswith("vision_model.") for n in expected)
+    out = merge_adapters(base_ckpt, folders, tmp_path / "peft", method="ties", density=0.5,
+                         weights=WEIGHTS, mode="peft-lora", progress=False)
+    merged, base = load_model(out).state_dict(), load_model(base_ckpt).state_dict()
+    for name, (a, b) in expected.items():
+        layer = model.base_model.model.get_submodule(name)
+        assert layer.scaling["m"] == 1.0
+        torch.testing.assert_close(merged[name + ".weight"] - base[name + ".weight"],
+                                   (b @ a).detach(), rtol=0, atol=1e-5)
+    # The dense mode folds the ViT deltas too, each with its own scale (PEFT's delta weights).
+    dense = merge_adapters(base_ckpt, folders, tmp_path / "dense", method="task_arithmetic",
+                           weights=WEIGHTS, progress=False)
+    dense = load_model(dense).state_dict()
+    for name in expected:
+        layer = model.base_model.model.get_submodule(name)
+        want = sum(w * layer.get_delta_weight(f"a{i}") for i, w in enumerate(WEIGHTS)).detach()
+        torch.testing.assert_close(dense[name + ".weight"] - base[name + ".weight"], want,
+                                   rtol=0, atol=1e-5)
+
+
 def test_peft_lora_as_lora_writes_peft_adapter_and_checks_rank(tmp_path, folders, base_ckpt):
     out = merge_adapters(base_ckpt, folders, tmp_path / "ad", method="ties_svd", density=0.5,
                          as_lora_rank=2, mode="peft-lora", progress=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,14 +152,14 @@ def write_peft_merged_adapter(
     weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
-    rank = None
+    ranks: dict[str, int] = {}
     for name in names:
         module = adapters[0].modules[name]
         pairs = [(*adapter.lora_pair(name), adapter.modules[name].scale) for adapter in adapters]
         a, b = merge_lora_factors(pairs, weights, combination, density, sign_method=sign_method,
                                   generator=generator, svd_rank=svd_rank,
                                   transposed=module.kind == "embedding" or module.fan_in_fan_out)
-        rank = a.shape[0]
+        ranks[name] = a.shape[0]
         suffix = ("lora_embedding_A", "lora_embedding_B") if module.kind == "embedding" else \
             ("lora_A.weight", "lora_B.weight")
         tensors[f"base_model.model.{name}.{suffix[0]}"] = a.contiguous()
@@ -168,13 +169,20 @@ def write_peft_merged_adapter(
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     # PEFT: replace(config of adapter 0, r=new_rank, lora_alpha=new_rank, target_modules=…,
     # alpha_pattern={}, rank_pattern={}); use_rslora and the rest carry over unchanged.
+    # Adapters with a rank_pattern (LoRA on the ViT at another rank than on the LLM, as
+    # `use_backbone_lora` + `use_llm_lora` train them) merge, in PEFT's memory, into factors of
+    # each module's own rank with scale 1; PEFT's saved config would then claim r = new_rank for
+    # every module and not load. Here the other ranks go into rank_pattern with alpha = rank
+    # (scale 1), so the folder loads and folds to the same deltas.
+    rank = max(ranks.values())  # PEFT's new_rank: max(r, *rank_pattern.values())
+    others = {re.escape(name): r for name, r in ranks.items() if r != rank}
     config = dict(adapters[0].config)
     targets = [a.config.get("target_modules") for a in adapters]
     if all(isinstance(t, str) for t in targets):
         config["target_modules"] = "|".join(f"({t})" for t in targets)
     else:
         config["target_modules"] = sorted({m for t in targets for m in (t or [])})
-    config.update(r=rank, lora_alpha=rank, alpha_pattern={}, rank_pattern={})
+    config.update(r=rank, lora_alpha=rank, alpha_pattern=dict(others), rank_pattern=dict(others))
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
     return folder
 

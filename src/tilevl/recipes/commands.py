@@ -80,14 +80,16 @@ def cmd_mmalaya(args: argparse.Namespace) -> int:
         overrides[key.strip()] = yaml.safe_load(text)
     quick = args.quick_config or args.quick
     cfg = load_mmalaya_config(args.config, quick=quick, model=args.model, run_dir=args.run_dir,
-                              device=args.device, **overrides)
+                              device=args.device, publish=args.publish, **overrides)
     summary = run_mmalaya(cfg)
     print(summary["table"])
+    print()
+    print(summary["stats_table"])
     print()
     print(summary["verdict"])
     print()
     print(summary["tts_table"])
-    print(f"\nall artefacts in {cfg.run_dir} (table.md, summary.json)")
+    print(f"\nall artefacts in {cfg.run_dir} (table.md, summary.json, chart.png)")
     return 0
 
 
@@ -152,6 +154,8 @@ def add_recipe_parsers(sub) -> None:
     m.add_argument("--model", default=None, help="the base (overrides the config's model)")
     m.add_argument("--run-dir", default=None, help="overrides the config's run_dir")
     m.add_argument("--device", default=None, help="overrides the config's device")
+    m.add_argument("--publish", default=None, metavar="DIR",
+                   help="copy summary.json, table.md and chart.png there (e.g. results/mmalaya-mini)")
     m.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config key (YAML value), e.g. --set weakest=5 (repeatable)")
     m.set_defaults(func=cmd_mmalaya)

@@ -1,180 +1,29 @@
 """MMAlaya2's recipe on MiniBench: score the base per category, pick the weakest, build their data
-(CoT consistency, else targeted generated data), one LoRA each, merge (TIES vs others), evaluate.
+(CoT consistency, else targeted generated data), one LoRA each, merge (TIES vs others), evaluate
+each merge and each LoRA alone against the base, with paired-bootstrap intervals.
 
 `run_mmalaya(load_mmalaya_config(path))` is the API (`tilevl recipe mmalaya` its command);
 every step writes into the run folder and is skipped when its outputs are already there.
+Settings: tilevl.recipes.mmalaya_config; statistics: mmalaya_stats; tables and chart: mmalaya_report.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import gc
 import json
-import math
 import sys
-import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
 
 from tilevl.errors import ConfigError
 from tilevl.jsonl import write_json
-
-BENCH = "minibench"
-# Settings that do not change any artefact: a resumed run may differ in these.
-_RUNTIME_KEYS = ("device", "dtype", "progress", "eval_batch_size", "run_dir")
-
-
-@dataclass
-class MMAlayaConfig:
-    """One recipe run (the keys of configs/mmalaya_*.yaml).
-
-    Attributes:
-        model: the base, a checkpoint folder or a preset (a preset is saved once to
-            `run_dir/base` so every step sees the same weights).
-        run_dir: where every step writes.
-        device, dtype: where evaluation and CoT sampling run (training: the `train` keys).
-        seed: seeds MiniBench, sampling and the preset's weights.
-        categories: MiniBench categories (or L2 groups) of the benchmark; None: all 21.
-        bench_size: MiniBench size (dev = 10 %, test = 40 % of its multiple-choice items).
-        weakest: K, how many of the base's weakest dev categories get a LoRA.
-        train_categories: train these instead of the K weakest.
-        data_mode: "cot" (CoT consistency only), "plain" (generated items with their gold
-            letter) or "auto" (CoT when at least `cot_min_records` survive, else plain).
-        train_items: multiple-choice items per category in its targeted training split.
-        cot_samples, cot_temperature, cot_max_new_tokens: the CoT sampling.
-        cot_min_records: the least CoT records "auto" accepts for a category.
-        plain_answers: how the plain data answers multiple choice: "letter" (the gold
-            letter) or "text" (the chosen option's text, for a base that answers in words,
-            like tilevl-tiny; `tilevl.minibench.formats.worded_mcq_file`).
-        train_config: a `tilevl train` YAML the `train` values are layered on (optional).
-        train: TrainConfig values (use_llm_lora, learning_rate, max_steps, …).
-        merge_methods: merge methods compared (the first is the recipe's, TIES).
-        merge_density, merge_lam: TIES/task-arithmetic settings (linear ignores them).
-        eval_split: the MiniBench split of the final table (selection always uses dev).
-        eval_batch_size, eval_max_new_tokens, max_tiles: evaluation settings.
-        tts_samples: test-time scaling: CoT + majority vote over k samples (0: off).
-        tts_models: which models get the test-time-scaling run ("base" or a method name).
-        tts_max_new_tokens, tts_temperature: its generation settings.
-        progress: show progress bars.
-    """
-
-    model: str = "tilevl-tiny"
-    run_dir: str = "runs/mmalaya"
-    device: str = "cpu"
-    dtype: str | None = None
-    seed: int = 0
-    categories: list[str] | None = None
-    bench_size: int = 400
-    weakest: int = 3
-    train_categories: list[str] | None = None
-    data_mode: Literal["auto", "cot", "plain"] = "auto"
-    train_items: int = 100
-    cot_samples: int = 5
-    cot_temperature: float = 0.7
-    cot_max_new_tokens: int = 512
-    cot_min_records: int = 20
-    plain_answers: Literal["letter", "text"] = "letter"
-    train_config: str | None = None
-    train: dict = field(default_factory=dict)
-    merge_methods: list[str] = field(default_factory=lambda: ["ties", "linear", "task_arithmetic"])
-    merge_density: float = 0.2
-    merge_lam: float = 1.0
-    eval_split: Literal["dev", "test"] = "test"
-    eval_batch_size: int = 8
-    eval_max_new_tokens: int | None = None
-    max_tiles: int | None = None
-    tts_samples: int = 5
-    tts_models: list[str] = field(default_factory=lambda: ["base", "ties"])
-    tts_max_new_tokens: int | None = None
-    tts_temperature: float = 0.7
-    progress: bool = True
-
-    def check(self) -> None:
-        """Cross-field rules, naming the key."""
-        from tilevl.merge import METHODS
-
-        if self.weakest < 1 and not self.train_categories:
-            raise ConfigError(f"weakest: must be >= 1, got {self.weakest}")
-        for method in self.merge_methods:
-            if method not in METHODS:
-                raise ConfigError(f"merge_methods: unknown {method!r}; known: {', '.join(METHODS)}")
-        for name in self.tts_models:
-            if name != "base" and name not in self.merge_methods:
-                raise ConfigError(f"tts_models: {name!r} is neither 'base' nor in merge_methods")
-        if self.bench_size < 10 or self.train_items < 1 or self.cot_samples < 1:
-            raise ConfigError("bench_size must be >= 10, train_items and cot_samples >= 1")
-
-
-# ---- reading the YAML ---------------------------------------------------------------------------
-_HINTS = typing.get_type_hints(MMAlayaConfig)
-_FIELDS = {f.name for f in dataclasses.fields(MMAlayaConfig)}
-
-
-def _conforms(value: Any, tp: Any) -> bool:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return value in args
-    if origin is list:
-        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
-    if args and type(None) in args:  # X | None
-        return value is None or any(_conforms(value, a) for a in args if a is not type(None))
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def _apply(values: dict, path: str | Path, lines: dict) -> None:
-    for key, (value, line) in lines.items():
-        where = f"{path}:{line}" if line else f"{path} {key}"
-        if key not in _FIELDS:
-            close = difflib.get_close_matches(key, _FIELDS, n=1)
-            raise ConfigError(f"{where}: unknown key {key!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else ""))
-        if isinstance(value, str) and _HINTS[key] is float:
-            try:  # PyYAML reads 1e-4 (no dot) as a string
-                value = float(value)
-            except ValueError:
-                pass
-        if not _conforms(value, _HINTS[key]):
-            raise ConfigError(f"{where}: {key} must be {_HINTS[key]}, got {value!r}")
-        if key == "train" and isinstance(values.get("train"), dict):
-            value = {**values["train"], **value}  # an overlay adds to the training keys
-        values[key] = value
-
-
-def load_mmalaya_config(path: str | Path | None = None, quick: str | Path | bool = False,
-                        **overrides: Any) -> MMAlayaConfig:
-    """Read a recipe YAML, optionally overlay the quick settings, then keyword overrides.
-
-    Args:
-        path: configs/recipes/mmalaya_mini.yaml or your own.
-        quick: True overlays `mmalaya_quick.yaml` from `path`'s folder; a path overlays
-            that file. The overlay's `train` keys are added to the config's.
-        overrides: field values applied last (`model="tiny"`, `run_dir=...`).
-
-    Returns:
-        The checked config.
-
-    Raises:
-        ConfigError: naming `file:line` and the key.
-    """
-    from tilevl.train.args import read_yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        _apply(values, path, read_yaml(path))
-    if quick:
-        folder = Path(path).parent if path is not None else Path("configs")
-        overlay = Path(quick) if not isinstance(quick, bool) else folder / "mmalaya_quick.yaml"
-        _apply(values, overlay, read_yaml(overlay))
-    _apply(values, "override", {k: (v, 0) for k, v in overrides.items() if v is not None})
-    config = MMAlayaConfig(**values)
-    config.check()
-    return config
+from tilevl.recipes.mmalaya_config import (
+    _RUNTIME_KEYS,
+    BENCH,
+    PEFT_PREFIX,
+    MMAlayaConfig,
+    load_mmalaya_config,
+)
 
 
 # ---- models, one at a time ------------------------------------------------------------------------
@@ -228,8 +77,11 @@ def prepare_base(cfg: MMAlayaConfig, run: Path) -> Path:
 
 
 def evaluate_split(cfg: MMAlayaConfig, models: _Models, path: Path, name: str, run: Path,
-                   split: str, tts: bool = False) -> dict:
+                   split: str, tts: bool = False, data: Path | None = None) -> dict:
     """Evaluate one model on a MiniBench split (direct, or CoT + vote@k); cached on disk.
+
+    Args:
+        data: a subset of the split's TSV (some categories) instead of all of it.
 
     Returns:
         The runner's results dict.
@@ -243,7 +95,7 @@ def evaluate_split(cfg: MMAlayaConfig, models: _Models, path: Path, name: str, r
     settings = dict(cot=True, samples=cfg.tts_samples, temperature=cfg.tts_temperature,
                     max_new_tokens=cfg.tts_max_new_tokens, seed=cfg.seed) if tts else dict(
                         max_new_tokens=cfg.eval_max_new_tokens)
-    eval_cfg = EvalConfig(bench=BENCH, data=str(run / "minibench" / split / "mcq.tsv"), out=str(out),
+    eval_cfg = EvalConfig(bench=BENCH, data=str(data or run / "minibench" / split / "mcq.tsv"), out=str(out),
                           max_tiles=cfg.max_tiles, batch_size=cfg.eval_batch_size,
                           progress=cfg.progress, model_name=name, **settings)
     _say(f"evaluating {name} on {split} ({variant})")
@@ -301,7 +153,8 @@ def build_category_data(cfg: MMAlayaConfig, models: _Models, base: Path, categor
     if not (bench / "info.json").exists():
         # The train split is half of `size`; a per-category seed keeps it apart from the
         # evaluation items and independent of which other categories were chosen.
-        generate(bench, size=math.ceil(cfg.train_items / 0.5), categories=[category],
+        # Only the train split is wanted: dev and test get the least the generator draws.
+        generate(bench, size=3, train_size=cfg.train_items, categories=[category],
                  seed=cfg.seed + 1 + list(CATEGORIES).index(category), progress=False,
                  formats=("mcq", "train"), overwrite=True)
     cot = None
@@ -320,15 +173,29 @@ def build_category_data(cfg: MMAlayaConfig, models: _Models, base: Path, categor
         raise ConfigError(f"data_mode: cot kept no question of {category} "
                           f"({cot['questions']} asked); use data_mode auto or plain")
     meta = folder / "cot" / "meta.json" if use_cot else bench / "train" / "meta.json"
-    if not use_cot and cfg.plain_answers == "text":
+    answers = cfg.plain_answers if cfg.plain_answers != "auto" or use_cot else base_answer_style(run)
+    if not use_cot and answers == "text":
         meta = _worded_meta(bench / "train")
     records = cot["records"] if use_cot else json.loads(meta.read_text())["minibench_train"]["length"]
     choice = {"mode": "cot" if use_cot else "plain", "meta_path": str(meta), "records": records,
+              "answers": None if use_cot else answers,
               "cot": None if cot is None else {k: cot[k] for k in ("questions", "kept", "dropped",
                                                                      "keep_rate", "records")}}
     write_json(choice_path, choice)
     _say(f"{category}: {choice['mode']} data, {records} records")
     return choice
+
+
+def base_answer_style(run: Path) -> str:
+    """"letter" when most of the base's dev replies are a bare option letter, else "text"."""
+    import re
+
+    path = run / "eval" / "base" / "dev-direct" / "predictions.jsonl"
+    if not path.exists():
+        raise ConfigError(f"plain_answers: auto reads the base's dev replies, but {path} is missing")
+    replies = [json.loads(line).get("prediction") or "" for line in path.read_text("utf-8").splitlines() if line]
+    letters = sum(bool(re.fullmatch(r"\(?[A-Z][.):]?", r.strip())) for r in replies)
+    return "letter" if replies and letters > len(replies) / 2 else "text"
 
 
 def _worded_meta(split: Path) -> Path:
@@ -363,61 +230,84 @@ def train_lora(cfg: MMAlayaConfig, base: Path, category: str, meta_path: str, ru
     if not config.uses_lora:
         raise ConfigError("train: use_llm_lora (or use_backbone_lora) must be > 0: the recipe "
                           "merges LoRAs")
-    _say(f"{category}: training a rank-{config.use_llm_lora} LoRA on {meta_path}")
+    _say(f"{category}: training a LoRA (LLM rank {config.use_llm_lora}, ViT rank "
+         f"{config.use_backbone_lora}) on {meta_path}")
     result = train(config)
     return result.adapter_dir
 
 
 def merge(cfg: MMAlayaConfig, base: Path, adapters: list[Path], method: str, run: Path) -> Path:
-    """The base plus the N adapters merged with `method` (skipped when already written)."""
+    """The base plus the N adapters merged with `method` (skipped when already written).
+
+    "peft_<type>" runs PEFT's `add_weighted_adapter` arithmetic (A and B merged apart) and
+    folds the merged adapter; every other method merges the dense deltas B·A·scale.
+    """
     from tilevl.merge import merge_adapters
 
     out = run / "merged" / method
     if (out / "config.json").exists():
         return out
     _say(f"merging {len(adapters)} adapters with {method}")
-    return merge_adapters(base, adapters, out, method=method, density=cfg.merge_density,
-                          lam=cfg.merge_lam, progress=cfg.progress, seed=cfg.seed, overwrite=True)
+    peft = method.startswith(PEFT_PREFIX)
+    return merge_adapters(base, adapters, out, method=method[len(PEFT_PREFIX):] if peft else method,
+                          density=cfg.merge_density, lam=cfg.merge_lam, progress=cfg.progress,
+                          seed=cfg.seed, overwrite=True, mode="peft-lora" if peft else "dense")
 
 
-# ---- the table ---------------------------------------------------------------------------------------
-def _cell(value: float | None, base: float | None = None) -> str:
-    if value is None:
-        return "–"
-    if base is None:
-        return f"{value:.1f}"
-    return f"{value:.1f} ({value - base:+.1f})"
+def fold_single(base: Path, adapter: Path, category: str, run: Path) -> Path:
+    """The base with one category's LoRA folded in (its ceiling); skipped when written."""
+    from tilevl.merge import merge_lora_into_checkpoint
+
+    out = run / "single" / category
+    if not (out / "config.json").exists():
+        _say(f"{category}: folding its LoRA alone into the base")
+        merge_lora_into_checkpoint(base, adapter, out, overwrite=True)
+    return out
 
 
-def format_table(rows: dict[str, dict], trained: list[str], categories: list[str]) -> str:
-    """The seeds' MMAlaya2 table: one row per model, a column per category, then averages.
+def subset_tsv(source: Path, categories: list[str], target: Path) -> Path:
+    """The rows of `source` whose category is one of `categories` (written once)."""
+    import csv
 
-    Args:
-        rows: model name → `{"per_category": {cat: %}, "overall": %}`; "base" first.
-        trained: the categories that got a LoRA (marked `*`, and averaged apart).
-        categories: the columns, in order.
+    if target.exists():
+        return target
+    csv.field_size_limit(1 << 30)  # base64 images exceed csv's 128 KiB default
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    with open(source, newline="", encoding="utf-8") as fin, open(tmp, "w", newline="", encoding="utf-8") as fout:
+        reader = csv.DictReader(fin, delimiter="\t")
+        writer = csv.DictWriter(fout, fieldnames=reader.fieldnames, delimiter="\t", lineterminator="\n",
+                                quoting=csv.QUOTE_MINIMAL)
+        writer.writeheader()
+        kept = 0
+        for row in reader:
+            if row.get("category") in categories:
+                writer.writerow(row)
+                kept += 1
+    if not kept:
+        tmp.unlink()
+        raise ConfigError(f"{source}: no row of categories {categories}")
+    tmp.replace(target)
+    return target
 
-    Returns:
-        A markdown table; merged rows show the change from the base in brackets.
-    """
-    columns = trained + [c for c in categories if c not in trained]
-    head = ["Model", *[f"{c}*" if c in trained else c for c in columns], "Trained avg", "Average"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    base = rows.get("base")
-    for name, row in rows.items():
-        ref = None if name == "base" or base is None else base
-        cells = [_cell(row["per_category"].get(c), ref and ref["per_category"].get(c)) for c in columns]
-        cells += [_cell(row["trained_avg"], ref and ref["trained_avg"]),
-                  _cell(row["overall"], ref and ref["overall"])]
-        lines.append("| " + " | ".join([name, *cells]) + " |")
-    return "\n".join(lines)
 
+class _Clock:
+    """Seconds per step actually run (a skipped, resumed step adds nothing); run/timings.json."""
 
-def _row(results: dict, trained: list[str]) -> dict:
-    scores = category_scores(results)
-    mine = [scores[c] for c in trained if scores.get(c) is not None]
-    return {"per_category": scores, "overall": overall(results),
-            "trained_avg": sum(mine) / len(mine) if mine else None}
+    def __init__(self, run: Path):
+        self.path = run / "timings.json"
+        self.seconds = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+
+    def time(self, step: str, done: Path, fn, *args, **kwargs):
+        import time
+
+        if done.exists():
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        value = fn(*args, **kwargs)
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + time.perf_counter() - start, 2)
+        write_json(self.path, self.seconds)
+        return value
 
 
 # ---- the recipe --------------------------------------------------------------------------------------
@@ -435,73 +325,147 @@ def _check_run_dir(cfg: MMAlayaConfig, run: Path) -> None:
     write_json(path, asdict(cfg))
 
 
+def _eval_done(run: Path, name: str, split: str, tts: bool = False, samples: int = 0) -> Path:
+    return run / "eval" / name / f"{split}-{f'cot-vote{samples}' if tts else 'direct'}" / "results.json"
+
+
 def run_mmalaya(cfg: MMAlayaConfig) -> dict:
-    """Run (or resume) the whole recipe and write `table.md` and `summary.json`.
+    """Run (or resume) the whole recipe and write `summary.json`, `table.md` and `chart.png`.
 
     Args:
         cfg: the recipe settings.
 
     Returns:
-        The summary: chosen categories, data modes, adapters, per-model scores, the
-        test-time-scaling gains, the best merge method and the tables.
+        The summary (see the README's "MMAlaya2 in miniature"): per method its scores and
+        deltas vs the base with paired-bootstrap 95 % intervals, the data used per category,
+        item counts, timings, and the tables.
     """
     from tilevl.minibench import generate
     from tilevl.minibench.categories import resolve_categories
+    from tilevl.recipes import mmalaya_report as report
+    from tilevl.recipes.mmalaya_stats import method_summary, read_item_outcomes
 
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     _check_run_dir(cfg, run)
-    models = _Models(cfg)
+    clock, models = _Clock(run), _Models(cfg)
     base = prepare_base(cfg, run)
     if not (run / "minibench" / "info.json").exists():
-        _say(f"generating MiniBench (size {cfg.bench_size}) into {run / 'minibench'}")
-        generate(run / "minibench", size=cfg.bench_size, seed=cfg.seed, categories=cfg.categories,
-                 progress=cfg.progress, formats=("mcq",), overwrite=True)
-    dev = evaluate_split(cfg, models, base, "base", run, "dev")
+        _say(f"generating MiniBench (size {cfg.bench_size}, dev and test only) into {run / 'minibench'}")
+        clock.time("generate_bench", run / "minibench" / "info.json", generate, run / "minibench",
+                   size=cfg.bench_size, seed=cfg.seed, categories=cfg.categories, progress=cfg.progress,
+                   formats=("mcq",), overwrite=True, train_size=0)
+    dev = clock.time("eval_dev", _eval_done(run, "base", "dev"), evaluate_split,
+                     cfg, models, base, "base", run, "dev")
     chosen = select_categories(cfg, dev, run)
-    data = {c: build_category_data(cfg, models, base, c, run) for c in chosen}
+    data = {c: clock.time(f"data/{c}", run / "data" / c / "choice.json", build_category_data,
+                          cfg, models, base, c, run) for c in chosen}
     models.release()  # training loads its own copy
-    adapters = [train_lora(cfg, base, c, data[c]["meta_path"], run) for c in chosen]
-    merged = {m: merge(cfg, base, adapters, m, run) for m in cfg.merge_methods}
+    adapters = [clock.time(f"train/{c}", run / "lora" / c / "adapter" / "adapter_config.json",
+                           train_lora, cfg, base, c, data[c]["meta_path"], run) for c in chosen]
+    singles = {c: clock.time(f"fold/{c}", run / "single" / c / "config.json", fold_single, base, a, c, run)
+               for c, a in zip(chosen, adapters)}
+    merged = {m: clock.time(f"merge/{m}", run / "merged" / m / "config.json", merge, cfg, base, adapters, m, run)
+              for m in cfg.merge_methods}
 
-    paths = {"base": base, **merged}
-    results = {name: evaluate_split(cfg, models, path, name, run, cfg.eval_split)
-               for name, path in paths.items()}
-    rows = {name: _row(r, chosen) for name, r in results.items()}
+    # Test items: the base and the merges on the evaluated categories, each LoRA on its own.
+    split_tsv = run / "minibench" / cfg.eval_split / "mcq.tsv"
+    bench_categories = [c for c in resolve_categories(cfg.categories) if c in category_scores(dev)]
+    if cfg.eval_categories is None:
+        evaluated, eval_tsv = bench_categories, None
+    else:
+        wanted = set(resolve_categories(cfg.eval_categories)) | set(chosen)
+        evaluated = [c for c in bench_categories if c in wanted]
+        eval_tsv = subset_tsv(split_tsv, evaluated, run / "minibench" / cfg.eval_split / "evaluated.tsv")
+    untargeted = [c for c in evaluated if c not in chosen]
+
+    def scored(name: str, path: Path, tsv: Path | None) -> tuple[dict, dict]:
+        results = clock.time(f"eval/{name}", _eval_done(run, name, cfg.eval_split), evaluate_split,
+                             cfg, models, path, name, run, cfg.eval_split, data=tsv)
+        folder = _eval_done(run, name, cfg.eval_split).parent
+        return results, read_item_outcomes(folder / "predictions.jsonl", tsv or split_tsv)
+
+    base_results, base_items = scored("base", base, eval_tsv)
+    single_items = {}
+    for c, path in singles.items():
+        tsv = subset_tsv(split_tsv, [c], run / "minibench" / cfg.eval_split / "by_category" / f"{c}.tsv")
+        single_items.update(scored(f"single-{c}", path, tsv)[1])
+    merged_scored = {m: scored(m, path, eval_tsv) for m, path in merged.items()}
     scaling = {}
+    paths = {"base": base, **merged}
     for name in (cfg.tts_models if cfg.tts_samples > 0 else []):
-        tts = evaluate_split(cfg, models, paths[name], name, run, cfg.eval_split, tts=True)
-        scaling[name] = {"direct": rows[name]["overall"], f"cot+vote@{cfg.tts_samples}": overall(tts),
-                         "gain": overall(tts) - rows[name]["overall"],
-                         "per_category": category_scores(tts)}
+        tts = clock.time(f"tts/{name}", _eval_done(run, name, cfg.eval_split, True, cfg.tts_samples),
+                         evaluate_split, cfg, models, paths[name], name, run, cfg.eval_split, tts=True,
+                         data=eval_tsv)
+        direct = overall(merged_scored[name][0] if name in merged_scored else base_results)
+        scaling[name] = {"direct": direct, f"cot+vote@{cfg.tts_samples}": overall(tts),
+                         "gain": overall(tts) - direct, "per_category": category_scores(tts)}
     models.release()
 
-    categories = [c for c in resolve_categories(cfg.categories) if c in rows["base"]["per_category"]]
-    table = format_table(rows, chosen, categories)
-    gains = {m: rows[m]["overall"] - rows["base"]["overall"] for m in cfg.merge_methods}
-    best = max(gains, key=gains.get)
-    tied = [m for m, g in gains.items() if abs(g - gains[best]) < 1e-9]
-    verdict = ("merge methods, change of the average over base: "
-               + ", ".join(f"{m} {g:+.1f}" for m, g in gains.items())
-               + (f"; best: {best}" if len(tied) == 1 else f"; tied: {', '.join(tied)}"))
+    # Statistics: every method against the base on the same items.
+    stats = dict(resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+    single = method_summary(base_items, single_items, chosen, [], None, **stats)
+    single_deltas = {c: v["delta"] for c, v in single["per_category"].items()}
+    methods = {"single": single}
+    for m, (results, items) in merged_scored.items():
+        methods[m] = method_summary(base_items, items, chosen, untargeted, single_deltas,
+                                    overall=overall(results) / 100, **stats)
+    base_means = {c: sum(v.values()) / len(v) for c, v in base_items.items()}
+    base_entry = {"per_category": base_means, "overall": overall(base_results) / 100,
+                  "targeted": sum(base_means[c] for c in chosen) / len(chosen),
+                  "untargeted": (sum(base_means[c] for c in untargeted) / len(untargeted)
+                                 if untargeted else None)}
+
+    table = report.format_table(base_entry, methods, chosen)
+    stats_table = report.format_stats_table(methods, cfg.bootstrap_resamples)
+    lead = cfg.merge_methods[0]
+    verdict = "; ".join(
+        f"{m}: targeted {100 * e['delta_targeted']:+.1f} {report._ci(e['delta_targeted_ci95'])}"
+        + ("" if e["delta_untargeted"] is None else
+           f", untargeted {100 * e['delta_untargeted']:+.1f} {report._ci(e['delta_untargeted_ci95'])}")
+        for m, e in methods.items() if m in ("single", lead)) + " (points vs the base, 95 % CI)"
+    goals = report.check_goals(methods, lead)
+    if goals:
+        verdict += ". " + report.format_goals(goals, lead)
     tts_table = "\n".join(["| Model | direct | CoT + vote@k | gain |", "| --- | --- | --- | --- |"] + [
         f"| {n} | {s['direct']:.1f} | {s[f'cot+vote@{cfg.tts_samples}']:.1f} | {s['gain']:+.1f} |"
         for n, s in scaling.items()]) if scaling else "(test-time scaling off: tts_samples 0)"
-    text = (f"# MMAlaya2 recipe on MiniBench ({cfg.eval_split}, circular accuracy %)\n\n"
-            f"Base: {cfg.model}. LoRAs for the {len(chosen)} categories marked *: "
-            + ", ".join(f"{c} ({data[c]['mode']}, {data[c]['records']} records)" for c in chosen)
-            + f".\n\n{table}\n\n{verdict}\n\n"
+    text = (f"# MMAlaya2 in miniature on MiniBench ({cfg.eval_split}, circular accuracy %)\n\n"
+            f"Base: {cfg.model}, seed {cfg.seed}. One LoRA for each of the {len(chosen)} categories "
+            f"marked *; `single` is each LoRA alone on its own category (the ceiling). Untargeted: "
+            f"{len(untargeted)} categories ({', '.join(untargeted) or 'none'}). Items per category: "
+            f"{min(map(len, base_items.values()))}–{max(map(len, base_items.values()))} (circular).\n\n{table}\n\n"
+            f"## Change from the base\n\n{stats_table}\n\n{verdict}\n\n"
+            f"## Training data\n\n{report.format_data_table(data)}\n\n"
             f"## Test-time scaling (k = {cfg.tts_samples})\n\n{tts_table}\n")
     (run / "table.md").write_text(text, encoding="utf-8")
-    summary = {"chosen": chosen, "dev_scores": category_scores(dev), "data": data,
-               "adapters": [str(a) for a in adapters], "merged": {k: str(v) for k, v in merged.items()},
-               "rows": rows, "gains": gains, "best_method": best if len(tied) == 1 else None,
-               "verdict": verdict, "test_time_scaling": scaling,
-               "table": table, "tts_table": tts_table, "files": {"table": str(run / "table.md")}}
+    chart = None
+    from tilevl.optional import is_available
+
+    if is_available("matplotlib"):
+        chart = str(report.plot_deltas(methods, run / "chart.png",
+                                       f"MMAlaya2 in miniature: {cfg.model}, seed {cfg.seed}"))
+    summary = {
+        "model": cfg.model, "seed": cfg.seed, "split": cfg.eval_split, "bench_size": cfg.bench_size,
+        "targeted": chosen, "untargeted": untargeted, "selection": json.loads(
+            (run / "selection.json").read_text(encoding="utf-8")),
+        "items": {"per_category": {c: len(v) for c, v in base_items.items()},
+                  "total": sum(len(v) for v in base_items.values()), "rows": base_results["n"]},
+        "bootstrap": {"resamples": cfg.bootstrap_resamples, "level": 0.95, "unit": "circular item",
+                      "paired": True, "stratified_by": "category"},
+        "base": base_entry, "methods": methods, "data": data,
+        "adapters": [str(a) for a in adapters], "merged": {k: str(v) for k, v in merged.items()},
+        "timings_s": clock.seconds, "test_time_scaling": scaling, "goals": goals, "verdict": verdict,
+        "table": table, "stats_table": stats_table, "tts_table": tts_table,
+        "files": {"table": str(run / "table.md"), "chart": chart},
+    }
     write_json(run / "summary.json", summary)
+    if cfg.publish:
+        copied = report.publish(run, cfg.publish)
+        _say(f"published {', '.join(p.name for p in copied)} to {cfg.publish}")
     return summary
 
 
 __all__ = ["MMAlayaConfig", "build_category_data", "category_scores", "evaluate_split",
-           "format_table", "load_mmalaya_config", "merge", "prepare_base", "run_mmalaya",
-           "select_categories", "train_lora"]
+           "fold_single", "load_mmalaya_config", "merge", "prepare_base", "run_mmalaya",
+           "select_categories", "subset_tsv", "train_lora"]
