@@ -268,6 +268,8 @@ def score_seed(model, tokenizer, args, seed: int, budget: int) -> tuple[dict, di
                                    "generated": timing.get("generated", 0),
                                    "seconds": round(timing.get("seconds", 0.0), 2)}
         extras["scorer"][bench] = results["headline"]
+        if bench == "pope":
+            pope_f1 = results["scores"]["f1"]
     real, blind = mcq_items(answered["mcq"]), mcq_items(answered["swapped"])
     outcomes = {
         "mcq": {item: (cat, ok, blind[item][1]) for item, (cat, ok) in real.items()},
@@ -276,6 +278,9 @@ def score_seed(model, tokenizer, args, seed: int, budget: int) -> tuple[dict, di
         "grounding": _right_of(extras["scorer"]["grounding"]["value"], len(answered["grounding"])),
     }
     extras["pope_f1_mean_over_splits"] = extras["scorer"]["pope"]["value"]
+    mine = float(f1_from_counts(outcomes["pope"].sum(0))[0])
+    if abs(mine - pope_f1) > 1e-9:
+        raise RuntimeError(f"seed {seed}: POPE F1 from per-image counts {mine} != runner's {pope_f1}")
     extras["n_rows"] = len(answered["mcq"])
     # Our per-item verdicts must agree with the runner's own score of the same predictions.
     mine = sum(v[1] for v in outcomes["mcq"].values()) / max(1, len(outcomes["mcq"]))
