@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tilevl
@@ -170,3 +171,16 @@ def test_a_single_item_category_is_refused(tmp_path):
     folder = score.prepare_minibench(tmp_path, 7, 30, ["ocr", "image_topic"], progress=False)
     with pytest.raises(SystemExit, match="category .* has one item.*raise --size or --limit"):
         score.write_mcq_files(folder, tmp_path / "eval", 7, limit=2)
+
+
+def test_pooling_weights_seeds_by_their_items():
+    # Seed A: 2 items, 1 right; seed B: 6 items, all right → pooled 7/8, not (1/2 + 1)/2.
+    a = {0: ("ocr", True, False), 1: ("ocr", False, False)}
+    b = {i: ("ocr", True, i < 3) for i in range(6)}
+    pooled = score.summarize_mcq([a, b], ["ocr"], seed=0)
+    assert pooled["accuracy"] == pytest.approx(7 / 8) and pooled["swapped"] == pytest.approx(3 / 8)
+    assert pooled["per_category"]["ocr"]["n_items"] == 8 and pooled["n_items"] == 8
+    assert score.summarize_proportion([(1, 2), (6, 6)])["accuracy"] == pytest.approx(7 / 8)
+    pope = score.summarize_pope([np.array([[1.0, 1.0, 0.0, 4.0]]), np.array([[3.0, 0.0, 1.0, 8.0]])],
+                                seed=0)
+    assert pope["yes_ratio"] == pytest.approx(5 / 12) and pope["f1"] == pytest.approx(8 / 10)
