@@ -13,7 +13,8 @@ benchmark (DIR/minibench-SEED, when its info.json matches) and the runner's pred
 Time with tilevl-tiny on 2 shared cores (avx512_bf16, no AMX), one torch thread: 0.026 s per
 scored row; an item is ~3.8 circular rows, scored twice (real and swapped), and each item
 brings ~0.5 VQA, ~4.2 POPE and ~0.5 grounding questions, so 2 seeds × 2 000 items are
-~51 000 rows (~22 min) plus ~1.5 min per seed to draw; --size 500 (2 × 200 items) took 2.6 min.
+~51 000 rows (~22 min), plus drawing ~5 600 images per seed (~70 images/s: ~1.5 min, estimated);
+measured: --size 500 (2 seeds × 200 items, 5 104 rows) took 2.6 min in all.
 """
 
 from __future__ import annotations
