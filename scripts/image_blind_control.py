@@ -13,32 +13,13 @@ whenever it names the right option.  This control is its chance level.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-STRIDE = 1_000_000
+from tilevl.minibench.formats import CIRCULAR_STRIDE, swap_images
 
-
-def swap_images(rows: list[dict], seed: int = 0) -> list[dict]:
-    """The rows with each item's image replaced by another item's of its category."""
-    images, by_category = {}, defaultdict(list)
-    for row in rows:
-        item = int(row["index"]) % STRIDE
-        if item not in images:
-            images[item] = row["image"]
-            by_category[row["category"]].append(item)
-    new_image = {}
-    rng = random.Random(seed)
-    for category, items in by_category.items():
-        if len(items) < 2:
-            raise ValueError(f"category {category!r} has one item: nothing to swap its image with")
-        shifted = items[:]
-        rng.shuffle(shifted)  # a rotation of a shuffled order: no item keeps its own image
-        for a, b in zip(shifted, shifted[1:] + shifted[:1]):
-            new_image[a] = images[b]
-    return [{**row, "image": new_image[int(row["index"]) % STRIDE]} for row in rows]
+STRIDE = CIRCULAR_STRIDE  # the name this script's test reads
+__all__ = ["STRIDE", "main", "swap_images"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,13 @@
-"""Record layouts of MiniBench's files: MMBench TSV rows with circular copies, the prompts
-InternVL uses, and the meta-JSON + conversation records of the training split."""
+"""Record layouts of MiniBench's files: MMBench TSV rows with circular copies (and their
+images-swapped control), the prompts InternVL uses, and the training split's records."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import random
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -75,6 +77,40 @@ def read_tsv(path) -> list[dict]:
     csv.field_size_limit(1 << 30)  # base64 images are longer than csv's 128 KiB default
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f, delimiter="\t"))
+
+
+def swap_images(rows: Sequence[Mapping], seed: int = 0) -> list[dict]:
+    """The images-swapped control of an MMBench-style TSV: each item shows another item's
+    image of its own category (a derangement), and its circular copies share that image.
+
+    A model that ignores the image scores the same on both files; the gap is what the image
+    is worth, and the swapped score is the model's chance level on these questions.
+
+    Args:
+        rows: TSV rows with `index` (copy k of item i at i + k * CIRCULAR_STRIDE),
+            `image` and `category`.
+        seed: orders the derangement.
+    Returns:
+        New rows, same order, only `image` changed.
+    Raises:
+        ValueError: naming a category with a single item (no image to swap with).
+    """
+    images, by_category = {}, defaultdict(list)
+    for row in rows:
+        item = int(row["index"]) % CIRCULAR_STRIDE
+        if item not in images:
+            images[item] = row["image"]
+            by_category[row["category"]].append(item)
+    new_image = {}
+    rng = random.Random(seed)
+    for category, items in by_category.items():
+        if len(items) < 2:
+            raise ValueError(f"category {category!r} has one item: nothing to swap its image with")
+        shifted = items[:]
+        rng.shuffle(shifted)  # a rotation of a shuffled order: no item keeps its own image
+        for a, b in zip(shifted, shifted[1:] + shifted[:1]):
+            new_image[a] = images[b]
+    return [{**row, "image": new_image[int(row["index"]) % CIRCULAR_STRIDE]} for row in rows]
 
 
 def jsonl_text(records: Iterable[Mapping]) -> str:
