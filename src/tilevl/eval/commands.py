@@ -23,7 +23,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    "refcoco, minibench, plain-mcq; an unknown name lists them)")
     p.add_argument("--data", required=True, help="the benchmark's local file (TSV/jsonl/json) or MME folder")
     p.add_argument("--image-root", default=None, help="folder of the images a jsonl names (default: next to it)")
-    p.add_argument("--max-tiles", type=int, default=None, help="tiles per image (default: the benchmark's)")
+    p.add_argument("--max-tiles", type=int, default=None,
+                   help="tiles per image (default: the model's config.json eval_max_dynamic_patch, "
+                        "else the benchmark's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=None, help="output folder (default: eval-results/BENCH-MODEL)")
     p.add_argument("--limit", type=int, default=None, help="only the first K questions")

@@ -38,7 +38,8 @@ class EvalConfig:
         data: the benchmark file (or MME folder).
         out: where results, predictions and the cache go.
         image_root: where relative image paths live (default: next to the data file).
-        max_tiles: tiles per image (default: the benchmark's).
+        max_tiles: tiles per image (default: the model's `eval_max_dynamic_patch`, else the
+            benchmark's; see `tile_budget`).
         batch_size: questions per `batch_chat` call.
         limit: only the first K questions (in file order).
         cot: ask for step-by-step reasoning ending with "Answer: X" and score that answer.
@@ -109,6 +110,30 @@ class EvalConfig:
                 "temperature": self.temperature if sampled else 0.0,
                 "top_p": self.top_p if sampled else None, "seed": self.seed if sampled else None,
                 "prompt_suffix": self.prompt_suffix, "generation_extra": self.generation_extra}
+
+
+def tile_budget(cfg: EvalConfig, spec: BenchSpec, model) -> dict:
+    """The tiles per image a run uses and where that number comes from.
+
+    Precedence: `--max-tiles` > the model's own budget (config.json `eval_max_dynamic_patch`,
+    saved with the weights) > the benchmark's default.
+
+    Args:
+        cfg: the run settings (`max_tiles` is the flag).
+        spec: the benchmark.
+        model: the model (its `config.eval_max_dynamic_patch` is read).
+
+    Returns:
+        `{"max_tiles": n, "source": "flag" | "model" | "benchmark", "detail": "…"}`.
+    """
+    own = getattr(getattr(model, "config", None), "eval_max_dynamic_patch", None)
+    if cfg.max_tiles is not None:
+        return {"max_tiles": cfg.max_tiles, "source": "flag", "detail": "--max-tiles"}
+    if own is not None:
+        return {"max_tiles": int(own), "source": "model",
+                "detail": "the model's config.json eval_max_dynamic_patch"}
+    return {"max_tiles": spec.max_tiles, "source": "benchmark",
+            "detail": f"the {spec.name} benchmark's default"}
 
 
 # ---- identity of a run --------------------------------------------------------------------
@@ -448,6 +473,8 @@ def evaluate(model, tokenizer, cfg: EvalConfig, on_batch=None) -> dict | None:
     """
     spec = get_benchmark(cfg.bench)
     cfg.check(spec)
+    budget = tile_budget(cfg, spec, model)
+    cfg = replace(cfg, max_tiles=budget["max_tiles"])  # resolved once: the cache key sees the number
     rank, world = dist_info()
     distributed = _dist_begin(world)
     samples = load_samples(spec, cfg)
@@ -475,12 +502,13 @@ def evaluate(model, tokenizer, cfg: EvalConfig, on_batch=None) -> dict | None:
         direct = _merged(spec, samples, cache, run_key(spec, cfg.direct(), fingerprint), False)
         scaling = {"variant": cfg.variant(), "direct_score": None if direct is None else
                    score_samples(spec, samples, direct)["headline"]["value"]}
-    settings = {**cfg.settings(spec), "batch_size": cfg.batch_size, "limit": cfg.limit,
+    settings = {**cfg.settings(spec), "max_tiles_source": budget["source"],
+                "batch_size": cfg.batch_size, "limit": cfg.limit,
                 "world_size": world, "image_root": cfg.image_root}
     timing = {k: {**v, "questions_per_s": v["generated"] / v["seconds"] if v["seconds"] else None}
               for k, v in timing.items()}
     return _finish(spec, cfg, samples, predictions, fingerprint=fingerprint, settings=settings,
-                   scaling=scaling, timing=timing)
+                   scaling=scaling, timing=timing, tile_budget=budget)
 
 
 def _finish(spec: BenchSpec, cfg: EvalConfig, samples: list[Sample], predictions: list[dict],
@@ -568,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = ["EvalConfig", "PredictionCache", "apply_judge", "dist_info", "evaluate",
            "finalize", "model_fingerprint", "predict", "run_key", "score_predictions",
-           "score_samples"]
+           "score_samples", "tile_budget"]
 
 if __name__ == "__main__":
     sys.exit(main())
