@@ -23,6 +23,7 @@ from tilevl.errors import ConfigError, InputError, TilevlError
 from tilevl.eval.benchmarks import BenchSpec, Sample, get_benchmark, headline
 from tilevl.eval.benchmarks.common import final_answer, majority_vote
 from tilevl.eval.metrics import score
+from tilevl.eval.scope import filter_categories, tile_budget
 from tilevl.jsonl import append_jsonl, read_jsonl_lines
 
 # Figures the scorers break down by; the first one present feeds the chart and the table.
@@ -53,6 +54,8 @@ class EvalConfig:
         progress: show a tqdm bar on rank 0.
         model_name: how results name the model.
         generation_extra: more keyword arguments for `generate` (e.g. min_new_tokens).
+        categories: only the questions of these categories (or, where the file has them, L2
+            groups); MiniBench names are checked against its table.
     """
 
     bench: str
@@ -76,6 +79,7 @@ class EvalConfig:
     progress: bool = True
     model_name: str = ""
     generation_extra: dict = field(default_factory=dict)
+    categories: list[str] | None = None
 
     def check(self, spec: BenchSpec) -> None:
         """Refuse settings that cannot work, naming the flag."""
@@ -110,30 +114,6 @@ class EvalConfig:
                 "temperature": self.temperature if sampled else 0.0,
                 "top_p": self.top_p if sampled else None, "seed": self.seed if sampled else None,
                 "prompt_suffix": self.prompt_suffix, "generation_extra": self.generation_extra}
-
-
-def tile_budget(cfg: EvalConfig, spec: BenchSpec, model) -> dict:
-    """The tiles per image a run uses and where that number comes from.
-
-    Precedence: `--max-tiles` > the model's own budget (config.json `eval_max_dynamic_patch`,
-    saved with the weights) > the benchmark's default.
-
-    Args:
-        cfg: the run settings (`max_tiles` is the flag).
-        spec: the benchmark.
-        model: the model (its `config.eval_max_dynamic_patch` is read).
-
-    Returns:
-        `{"max_tiles": n, "source": "flag" | "model" | "benchmark", "detail": "…"}`.
-    """
-    own = getattr(getattr(model, "config", None), "eval_max_dynamic_patch", None)
-    if cfg.max_tiles is not None:
-        return {"max_tiles": cfg.max_tiles, "source": "flag", "detail": "--max-tiles"}
-    if own is not None:
-        return {"max_tiles": int(own), "source": "model",
-                "detail": "the model's config.json eval_max_dynamic_patch"}
-    return {"max_tiles": spec.max_tiles, "source": "benchmark",
-            "detail": f"the {spec.name} benchmark's default"}
 
 
 # ---- identity of a run --------------------------------------------------------------------
@@ -275,7 +255,8 @@ def _generation(settings: dict, seed: int | None) -> dict:
     config = {"max_new_tokens": settings["max_new_tokens"], "do_sample": settings["samples"] > 1,
               **settings["generation_extra"]}
     if settings["samples"] > 1:
-        config.update(temperature=settings["temperature"], top_p=settings["top_p"], seed=seed)
+        config.update(temperature=settings["temperature"], top_p=settings["top_p"], seed=seed,
+                      num_return_sequences=settings["samples"])
     return config
 
 
@@ -322,14 +303,14 @@ def predict(model, tokenizer, spec: BenchSpec, samples: list[Sample], cfg: EvalC
             if position + 1 < len(mine):
                 future = pool.submit(_tiles, model, mine[position + 1][1], settings["max_tiles"])
             prompts = [spec.prompt(s, cfg.cot, cfg.prompt_suffix) for s in batch]
-            outputs: list[list[str]] = [[] for _ in batch]
-            for draw in range(cfg.samples):
-                seed = cfg.seed + 100_003 * number + draw  # same per question on any world size
-                replies = batch_chat(model, tokenizer, pixel_values, prompts,
-                                     _generation(settings, seed), num_patches_list=patches)
-                calls += 1
-                for kept, reply in zip(outputs, replies):
-                    kept.append(reply)
+            # The k samples of a question are k rows of one batch (num_return_sequences):
+            # its image and prompt are encoded once and one decode loop serves all k.
+            seed = cfg.seed + 100_003 * number  # same per question on any world size
+            replies = batch_chat(model, tokenizer, pixel_values, prompts,
+                                 _generation(settings, seed), num_patches_list=patches)
+            calls += 1
+            k = cfg.samples
+            outputs = [list(replies[i * k:(i + 1) * k]) for i in range(len(batch))]
             cache.append(key, [(s.index, o) for s, o in zip(batch, outputs)])
             bar.update(len(batch))
             if on_batch is not None:
@@ -435,6 +416,8 @@ def load_samples(spec: BenchSpec, cfg: EvalConfig) -> list[Sample]:
     if not Path(cfg.data).exists():
         raise InputError(f"--data {cfg.data}: no such file or folder")
     samples = spec.read(cfg.data, cfg.image_root)
+    if cfg.categories:
+        samples = filter_categories(spec, samples, cfg.categories)
     return samples[:cfg.limit] if cfg.limit else samples
 
 
