@@ -115,8 +115,9 @@ def evaluate_curve(model, tokenizer, cfg, ks: list[int], draws: int = 8) -> dict
 
     Args:
         model, tokenizer: from `tilevl.resolve.open_model`.
-        cfg: an `EvalConfig`; `samples` is set to max(ks), `also_direct` on; without
-            `categories` a MiniBench curve covers `REASONING_CATEGORIES`.
+        cfg: an `EvalConfig`; `samples` is raised to max(ks) (a larger one stays: its
+            cached run serves any curve up to it), `also_direct` is on; without `categories`
+            a MiniBench curve covers `REASONING_CATEGORIES`.
         ks: the k of each point.
         draws: subsets of size k averaged per point (1: the first k samples only).
 
@@ -127,10 +128,10 @@ def evaluate_curve(model, tokenizer, cfg, ks: list[int], draws: int = 8) -> dict
     from tilevl.eval.scope import tile_budget
 
     spec = get_benchmark(cfg.bench)
-    k_max = max(ks)
+    k_max = max(max(ks), cfg.samples)
     if k_max < 2:
         raise ConfigError("--curve needs some k >= 2 (vote@1 alone is no curve)")
-    categories = cfg.categories or list(REASONING_CATEGORIES.get(spec.name, ())) or None
+    categories = cfg.categories or _default_categories(spec, cfg)
     cfg = replace(cfg, samples=k_max, also_direct=True, categories=categories)
     results = evaluate(model, tokenizer, cfg)
     if results is None:
@@ -158,6 +159,21 @@ def evaluate_curve(model, tokenizer, cfg, ks: list[int], draws: int = 8) -> dict
     }
     write_curve(cfg.out, curve)
     return curve
+
+
+def _default_categories(spec, cfg) -> list[str] | None:
+    """The benchmark's reasoning categories that this file holds (None: every question)."""
+    from tilevl.eval.runner import load_samples
+
+    wanted = REASONING_CATEGORIES.get(spec.name)
+    if not wanted:
+        return None
+    present = {str(s.record.get("category")) for s in load_samples(spec, replace(cfg, limit=None))}
+    chosen = [c for c in wanted if c in present]
+    if not chosen:
+        raise ConfigError(f"{cfg.data} holds none of {spec.name}'s reasoning categories "
+                          f"{list(wanted)}; name some with --categories")
+    return chosen
 
 
 # ---- outputs ---------------------------------------------------------------------------------------
