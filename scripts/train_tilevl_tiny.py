@@ -7,7 +7,8 @@ random-initialised `tilevl-tiny` preset with that tokenizer → `tilevl train`
 side frozen on the train split's conversation mix (multiple choice answered with the option's
 text) plus the look items, both on one 112 px tile per image → fp16 copy into
 the package's assets → dev scores (MiniBench circular accuracy per category, VQA, POPE,
-grounding; with the tile budget the model was trained with) as scores.json + scores.md.
+grounding; with the tile budget the model was trained with, which the exported config.json
+names as its `eval_max_dynamic_patch`) as scores.json + scores.md.
 
     python scripts/train_tilevl_tiny.py --out runs/tilevl-tiny            # the shipped recipe
     python scripts/train_tilevl_tiny.py --out /tmp/tt --quick             # seconds, for CI
@@ -267,13 +268,19 @@ def run_training(start: Path, meta: Path, run_dir: Path, steps: int | None, quic
 
 
 def export_fp16(model_dir: Path, assets: Path) -> Path:
-    """The trained model in fp16 (weights, config, preprocessor and tokenizer files)."""
+    """The trained model in fp16 (weights, config, preprocessor and tokenizer files), its
+    config.json carrying its evaluation tile budget (`eval_max_dynamic_patch`): the budget it
+    was trained with, unless the trained model already names one."""
     import torch
 
     from tilevl.checkpoint.loader import load_model, save_model
     from tilevl.checkpoint.tokenizer import load_tokenizer
 
     model = load_model(model_dir, dtype=torch.float16)
+    # A model trained on fewer tiles than a benchmark's default reads more of them poorly, so
+    # `tilevl eval tilevl-tiny --bench minibench` must use the training budget with no flag.
+    if model.config.eval_max_dynamic_patch is None:
+        model.config.eval_max_dynamic_patch = model.config.max_dynamic_patch
     folder = save_model(model, assets, tokenizer=load_tokenizer(model_dir), overwrite=True)
     size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
     log(f"wrote {folder} ({size:.1f} MiB)")
@@ -291,11 +298,10 @@ def evaluate_dev(model_dir: Path, minibench: Path, out: Path, limit: int | None)
     # fp32 on CPU: the fp16 weights upcast exactly; fp16 matmuls on CPU are slow.
     model, tokenizer = open_model(str(model_dir), dtype="fp32", quiet=True)
     results = {}
-    # The tile budget the model was trained with (its config's max_dynamic_patch), not the
-    # benchmark default of 6: a model trained on fewer tiles reads more of them poorly.
-    max_tiles = model.image_settings.max_num
+    # No max_tiles: the exported config.json's eval_max_dynamic_patch (export_fp16) decides,
+    # as it does for `tilevl eval tilevl-tiny` (results.json's tile_budget says so).
     for bench, file in DEV_BENCHES:
-        cfg = EvalConfig(bench=bench, data=str(minibench / "dev" / file), max_tiles=max_tiles,
+        cfg = EvalConfig(bench=bench, data=str(minibench / "dev" / file),
                          out=str(out / "eval" / bench), limit=limit, batch_size=16,
                          progress=False, model_name=PRESET)
         start = time.perf_counter()

@@ -61,6 +61,9 @@ def test_quick_recipe_writes_a_complete_small_folder(quick_run):
     assert total <= 25 * 2**20, f"{folder} holds {total / 2**20:.1f} MiB (limit 25)"
     config = json.loads((folder / "config.json").read_text("utf-8"))
     assert config["template"] == "tilevl" and config["max_dynamic_patch"] == 1  # trained on one tile
+    assert config["eval_max_dynamic_patch"] == 1  # and evaluated on one, with no flag:
+    budget = json.loads((out / "eval" / "minibench" / "results.json").read_text("utf-8"))["tile_budget"]
+    assert (budget["max_tiles"], budget["source"]) == (1, "model")
     scores = json.loads((out / "scores.json").read_text("utf-8"))
     assert [scores["run"][f"stage{i}"]["steps"] for i in range(1, len(recipe.STAGES) + 1)] == [
         quick for _, _, _, quick, _ in recipe.STAGES]

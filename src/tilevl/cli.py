@@ -294,7 +294,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"llm: {config.llm_architecture}, {config.num_llm_layers} layers, width {config.llm_hidden_size}")
     print(f"template: {config.template}; ps_version {config.ps_version}; select_layer {config.select_layer}")
     print(f"tiling: dynamic={config.dynamic_image_size}, tiles {config.min_dynamic_patch}-"
-          f"{config.max_dynamic_patch}, thumbnail={config.use_thumbnail}")
+          f"{config.max_dynamic_patch}, thumbnail={config.use_thumbnail}"
+          + (f"; evaluated with {config.eval_max_dynamic_patch}"
+             if config.eval_max_dynamic_patch is not None else ""))
     print(f"parameters: {count_parameters(config.to_dict()):,}")
     return 0
 

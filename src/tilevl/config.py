@@ -151,6 +151,11 @@ class ModelConfig:
     use_llm_lora: int = _C["use_llm_lora"]
     # Not in the official file; recorded once known so a folder without a tokenizer works.
     img_context_token_id: int | None = None
+    # Not in the official file either: the tile budget this model is evaluated with (what
+    # `tilevl eval` uses when no --max-tiles is given, before the benchmark's default). A
+    # model trained on few tiles reads more of them poorly, and max_dynamic_patch is the
+    # training budget, which official checkpoints set higher than their evaluation budgets.
+    eval_max_dynamic_patch: int | None = None
     # The checkpoint's preprocessor_config.json (image mean/std), kept beside config.json.
     preprocessor: dict | None = field(default=None, repr=False, compare=False)
     extra: dict = field(default_factory=dict, repr=False)
@@ -165,6 +170,11 @@ class ModelConfig:
                 f"select_layer must be in [-{self.vision.num_hidden_layers}, -1], "
                 f"got {self.select_layer}"
             )
+        budget = self.eval_max_dynamic_patch
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)
+                                   or budget < self.min_dynamic_patch):
+            raise ConfigError(f"eval_max_dynamic_patch must be an int >= min_dynamic_patch "
+                              f"({self.min_dynamic_patch}) or null, got {budget!r}")
         grid = self.image_size // self.vision.patch_size
         if (grid * self.downsample_ratio) % 1:
             raise ConfigError(
@@ -219,8 +229,9 @@ class ModelConfig:
         out["llm_config"] = copy.deepcopy(self.llm)
         out.setdefault("architectures", [_OFFICIAL_ARCH])
         out.setdefault("model_type", "internvl_chat")
-        if self.img_context_token_id is None:
-            out.pop("img_context_token_id", None)
+        for name in ("img_context_token_id", "eval_max_dynamic_patch"):  # ours, unset: absent
+            if getattr(self, name) is None:
+                out.pop(name, None)
         return out
 
     @classmethod

@@ -85,6 +85,32 @@ def test_batch_chat_shared_prefix_path_equals_the_plain_batch(tiny_model, tokeni
         assert len(set(shared)) > 1  # the rows really differ
 
 
+def test_num_return_sequences_encodes_each_prompt_once(tiny_model, tokenizer, monkeypatch):
+    """k replies per question, question by question: greedy they are the single reply k times;
+    sampled, the shared-prefix path (prompt prefilled once, cache repeated) gives token for
+    token what the plain path gives with every row written out, and the rows differ."""
+    torch.manual_seed(0)
+    pixels = torch.randn(5, 3, 56, 56)
+    questions = ["<image>\nWhat is it?", "Tell me a joke about a very long list of cats.",
+                 "<image>\nDescribe the image in detail, please."]
+    patches = [2, 0, 3]
+    encoded = []
+    real = tiny_model.extract_feature
+    monkeypatch.setattr(tiny_model, "extract_feature", lambda px: encoded.append(len(px)) or real(px))
+    greedy = dict(max_new_tokens=10, do_sample=False)
+    once = batch_chat(tiny_model, tokenizer, pixels, questions, greedy, num_patches_list=patches)
+    three = batch_chat(tiny_model, tokenizer, pixels, questions, {**greedy, "num_return_sequences": 3},
+                       num_patches_list=patches)
+    assert three == [reply for reply in once for _ in range(3)]
+    assert encoded == [5, 5]  # the tiles of the 9 rows were encoded once, not 3 times
+    sampled = dict(max_new_tokens=10, do_sample=True, temperature=5.0, seed=3, num_return_sequences=4)
+    shared = batch_chat(tiny_model, tokenizer, pixels, questions, sampled, num_patches_list=patches)
+    monkeypatch.setattr(engine, "MIN_SHARED_PREFIX", 10**9)  # force the plain path
+    plain = batch_chat(tiny_model, tokenizer, pixels, questions, sampled, num_patches_list=patches)
+    assert shared == plain and len(shared) == 12
+    assert len(set(shared[:4])) > 1  # one question's samples differ
+
+
 def test_streaming_like_the_seeds(tiny_model, tokenizer):
     pixels = torch.randn(1, 3, 56, 56)
     expected = tiny_model.chat(tokenizer, pixels, "Hi", dict(GREEDY))

@@ -69,10 +69,12 @@ def counted(monkeypatch):
 
 
 def _scripted(monkeypatch, answer):
-    """Replace generation by `answer(prompt, generation_config) -> str`."""
+    """Replace generation by `answer(prompt, generation_config) -> str`; the config's `draw`
+    numbers the num_return_sequences replies of one question (0, 1, …)."""
     def fake(model, tokenizer, pixel_values, questions, generation_config, num_patches_list=None):
         assert len(num_patches_list) == len(questions)
-        return [answer(q, generation_config) for q in questions]
+        k = generation_config.get("num_return_sequences", 1)
+        return [answer(q, {**generation_config, "draw": d}) for q in questions for d in range(k)]
 
     monkeypatch.setattr(runner, "batch_chat", fake)
 
@@ -170,7 +172,7 @@ def test_cot_and_majority_vote_report_the_gain_over_direct(tmp_path, tiny, monke
         if "Think step by step" in prompt:
             return "Red is the colour shown, so the first option.\nAnswer: A"
         if config.get("do_sample"):  # draws 0,1,2 answer B, A, A: the vote says A
-            return "B" if config["seed"] % 3 == 0 else "A"
+            return "B" if config["draw"] % 3 == 0 else "A"
         return "B"  # direct answering is always wrong
 
     _scripted(monkeypatch, answer)

@@ -229,6 +229,11 @@ def batch_chat(
     _ensure_context_id(model, tokenizer)
     template = model_template(model, template)
     settings, extra = GenerationSettings.from_dict(generation_config)
+    # k sampled replies per question, returned question by question (as transformers lays
+    # out num_return_sequences); each prompt and image is encoded once, not k times.
+    repeats = int(extra.pop("num_return_sequences", 1) or 1)
+    if repeats < 1:
+        raise InputError(f"num_return_sequences must be >= 1, got {repeats}")
     system_message = thinking_system_message(
         system_message if system_message is not None else getattr(model, "system_message", None), enable_thinking)
     if num_patches_list is None:
@@ -249,15 +254,33 @@ def batch_chat(
     kwargs = {**settings.generate_kwargs(tokenizer, template), **extra}
     shared = shared_prefix_length(prompts, model.img_context_token_id)
     # The shared prefix lives in a KV cache: without one (use_cache=False) take the plain path.
-    if (len(prompts) > 1 and shared >= MIN_SHARED_PREFIX and settings.num_beams == 1
+    if (len(prompts) * repeats > 1 and shared >= MIN_SHARED_PREFIX and settings.num_beams == 1
             and kwargs.get("use_cache", True)):
         out = _generate_from_shared_prefix(model, prompts, shared, pixel_values,
-                                           pad_id(tokenizer, template), kwargs)
+                                           pad_id(tokenizer, template), kwargs, repeats)
     else:
+        if repeats > 1:  # the plain path encodes every copy (rare: no shared prefix, beams)
+            pixel_values, prompts = _repeat_rows(pixel_values, num_patches_list, prompts, repeats)
         input_ids, attention_mask = left_pad(prompts, pad_id(tokenizer, template))
         out = model.generate(input_ids.to(model.device), pixel_values,
                              attention_mask=attention_mask.to(model.device), **kwargs)
     return [decode_reply(tokenizer, row, template, settings.stop) for row in out]
+
+
+def _repeat_rows(pixel_values, num_patches_list, prompts, repeats: int):
+    """Each prompt (and its tiles) `repeats` times in a row: ([T·k, 3, S, S] | None, prompts)."""
+    prompts = [p for p in prompts for _ in range(repeats)]
+    if pixel_values is None:
+        return None, prompts
+    return pixel_values[_tile_rows(num_patches_list, repeats, pixel_values.device)], prompts
+
+
+def _tile_rows(num_patches_list, repeats: int, device) -> torch.Tensor:
+    """Indices of the tiles (or their features) of every row once each row is repeated."""
+    starts = [sum(num_patches_list[:i]) for i in range(len(num_patches_list))]
+    index = [t for start, n in zip(starts, num_patches_list) for _ in range(repeats)
+             for t in range(start, start + n)]
+    return torch.tensor(index, dtype=torch.long, device=device)
 
 
 # A batch whose prompts share at least this many leading ids (the template's system block and
@@ -278,13 +301,15 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]], context_id: int | Non
 @torch.no_grad()
 def _generate_from_shared_prefix(model, prompts: Sequence[Sequence[int]], shared: int,
                                  pixel_values: torch.Tensor | None, pad: int,
-                                 kwargs: dict) -> torch.Tensor:
+                                 kwargs: dict, repeats: int = 1) -> torch.Tensor:
     """batch_chat's generation with the shared prefix prefilled once, not once per row.
 
     The layout is [prefix | left padding | rest of each prompt]; the mask hides the padding
     and position ids count only real tokens, so every row sees exactly what it would see
     alone. The rest is prefilled into the (repeated) prefix cache except its last id, which
-    generate() feeds itself. Returns [B, new] generated ids, as `model.generate` does.
+    generate() feeds itself. With `repeats` = k the prefilled cache is then repeated k times
+    per row (num_return_sequences: the images and prompts are encoded once). Returns
+    [B·k, new] generated ids, as `model.generate` does.
     """
     from transformers import DynamicCache
 
@@ -307,6 +332,14 @@ def _generate_from_shared_prefix(model, prompts: Sequence[Sequence[int]], shared
         positions = shared + (rest_mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
         llm.model(inputs_embeds=embeds, attention_mask=attention_mask[:, :-1],
                   position_ids=positions, cache=cache, use_cache=True)
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+        input_ids = input_ids.repeat_interleave(repeats, 0)
+        attention_mask = attention_mask.repeat_interleave(repeats, 0)
+        if features is not None:  # only read if the LLM re-embeds the prompt
+            patches = [int((p == model.img_context_token_id).sum()) // model.num_image_token
+                       if model.img_context_token_id is not None else 0 for p in rest]
+            features = features[_tile_rows(patches, repeats, features.device)]
     with keep_image(llm, input_ids, lambda: model.embed_inputs(input_ids, visual_features=features),
                     model.img_context_token_id):
         out = llm.generate(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)

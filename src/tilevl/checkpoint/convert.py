@@ -28,6 +28,9 @@ _NATIVE_ARCH = "InternVLForConditionalGeneration"
 # config.json key listing the fingerprints of LoRA adapters already folded into the weights
 # (written by tilevl.merge); every layout carries it so no conversion forgets a fold.
 MERGED_ADAPTERS_KEY = "merged_adapters"
+# The model's own evaluation tile budget (ModelConfig.eval_max_dynamic_patch), under the same
+# name in both layouts' config.json.
+EVAL_TILES_KEY = "eval_max_dynamic_patch"
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CAUSAL_LM = {
     "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM",
@@ -345,6 +348,7 @@ def native_config_to_ours(native: dict, preprocessor: dict | None = None) -> Mod
         min_dynamic_patch=int(pre.get("min_patches", 1)),
         max_dynamic_patch=int(pre.get("max_patches", 12)),
         img_context_token_id=int(cfg.image_token_id),
+        eval_max_dynamic_patch=native.get(EVAL_TILES_KEY),
         extra={MERGED_ADAPTERS_KEY: list(merged)} if merged else {},
     )
 
@@ -390,6 +394,8 @@ def ours_config_to_native(config: ModelConfig) -> dict:
         native["template"] = config.template  # ignored by transformers, kept for us
     if config.extra.get(MERGED_ADAPTERS_KEY):
         native[MERGED_ADAPTERS_KEY] = list(config.extra[MERGED_ADAPTERS_KEY])
+    if config.eval_max_dynamic_patch is not None:
+        native[EVAL_TILES_KEY] = config.eval_max_dynamic_patch  # ignored by transformers
     return native
 
 

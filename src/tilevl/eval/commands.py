@@ -23,7 +23,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    "refcoco, minibench, plain-mcq; an unknown name lists them)")
     p.add_argument("--data", required=True, help="the benchmark's local file (TSV/jsonl/json) or MME folder")
     p.add_argument("--image-root", default=None, help="folder of the images a jsonl names (default: next to it)")
-    p.add_argument("--max-tiles", type=int, default=None, help="tiles per image (default: the benchmark's)")
+    p.add_argument("--max-tiles", type=int, default=None,
+                   help="tiles per image (default: the model's config.json eval_max_dynamic_patch, "
+                        "else the benchmark's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=None, help="output folder (default: eval-results/BENCH-MODEL)")
     p.add_argument("--limit", type=int, default=None, help="only the first K questions")
@@ -33,6 +35,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--also-direct", action="store_true",
                    help="with --cot/--samples, also answer directly and report the gain")
+    p.add_argument("--categories", nargs="+", default=None,
+                   help="only these categories (or L2 groups); default all, or with --curve on "
+                        "MiniBench its reasoning categories")
+    p.add_argument("--curve", default=None, metavar="K,K,...",
+                   help="test-time scaling curve: vote@k for each k (e.g. 1,2,4,8,16) from one run "
+                        "of max(k) samples per question, plus direct answering; writes curve.json/.md/.png")
+    p.add_argument("--curve-draws", type=int, default=8,
+                   help="random k-subsets of the samples averaged per curve point (1: the first k only)")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--prompt-suffix", default=None, help="replaces the benchmark's instruction line")
     p.add_argument("--seed", type=int, default=0)
@@ -75,7 +85,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, prompt_suffix=args.prompt_suffix, seed=args.seed,
         also_direct=args.also_direct, judge_url=args.judge_url, judge_model=args.judge_model,
-        judge_api_key=_judge_key(args), progress=not args.no_progress, model_name=args.model)
+        judge_api_key=_judge_key(args), progress=not args.no_progress, model_name=args.model,
+        categories=args.categories)
+    if args.curve:
+        from tilevl.eval.curve import evaluate_curve, parse_curve
+
+        curve = evaluate_curve(model, tokenizer, cfg, parse_curve(args.curve), draws=args.curve_draws)
+        if curve is not None:
+            print(Path(curve["files"]["markdown"]).read_text(encoding="utf-8"), end="")
+            for kind, path in curve["files"].items():
+                if path:
+                    print(f"  {kind}: {path}")
+        return 0
     results = evaluate(model, tokenizer, cfg)
     if results is not None:
         _print_summary(results)

@@ -83,7 +83,8 @@ def results_markdown(results: dict) -> str:
              f"**{head['name']}: {fmt(head['value'], head['fraction'])}** "
              f"({results['n']} questions; rule `{results['rule']}` v{results['rule_version']}; "
              f"variant {results.get('variant', 'direct')}; "
-             f"judge {'used' if results.get('judge', {}).get('used') else 'not used'})", "",
+             f"judge {'used' if results.get('judge', {}).get('used') else 'not used'}"
+             f"{_tiles_note(results.get('tile_budget'))})", "",
              "| figure | value |", "|---|---:|"]
     for name, value in results["scores"].items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -100,6 +101,12 @@ def results_markdown(results: dict) -> str:
         lines += ["", f"| {cats['name'].replace('per_', '')} | score |", "|---|---:|"]
         lines += [f"| {c} | {fmt(v, cats['fraction'])} |" for c, v in cats["values"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _tiles_note(budget: dict | None) -> str:
+    if not budget:
+        return ""
+    return f"; {budget['max_tiles']} tile(s) per image, from {budget['detail']}"
 
 
 def plot_categories(results: dict, path: str | Path) -> Path:

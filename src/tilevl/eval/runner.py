@@ -23,6 +23,7 @@ from tilevl.errors import ConfigError, InputError, TilevlError
 from tilevl.eval.benchmarks import BenchSpec, Sample, get_benchmark, headline
 from tilevl.eval.benchmarks.common import final_answer, majority_vote
 from tilevl.eval.metrics import score
+from tilevl.eval.scope import filter_categories, tile_budget
 from tilevl.jsonl import append_jsonl, read_jsonl_lines
 
 # Figures the scorers break down by; the first one present feeds the chart and the table.
@@ -38,7 +39,8 @@ class EvalConfig:
         data: the benchmark file (or MME folder).
         out: where results, predictions and the cache go.
         image_root: where relative image paths live (default: next to the data file).
-        max_tiles: tiles per image (default: the benchmark's).
+        max_tiles: tiles per image (default: the model's `eval_max_dynamic_patch`, else the
+            benchmark's; see `tile_budget`).
         batch_size: questions per `batch_chat` call.
         limit: only the first K questions (in file order).
         cot: ask for step-by-step reasoning ending with "Answer: X" and score that answer.
@@ -52,6 +54,8 @@ class EvalConfig:
         progress: show a tqdm bar on rank 0.
         model_name: how results name the model.
         generation_extra: more keyword arguments for `generate` (e.g. min_new_tokens).
+        categories: only the questions of these categories (or, where the file has them, L2
+            groups); MiniBench names are checked against its table.
     """
 
     bench: str
@@ -75,6 +79,7 @@ class EvalConfig:
     progress: bool = True
     model_name: str = ""
     generation_extra: dict = field(default_factory=dict)
+    categories: list[str] | None = None
 
     def check(self, spec: BenchSpec) -> None:
         """Refuse settings that cannot work, naming the flag."""
@@ -250,7 +255,8 @@ def _generation(settings: dict, seed: int | None) -> dict:
     config = {"max_new_tokens": settings["max_new_tokens"], "do_sample": settings["samples"] > 1,
               **settings["generation_extra"]}
     if settings["samples"] > 1:
-        config.update(temperature=settings["temperature"], top_p=settings["top_p"], seed=seed)
+        config.update(temperature=settings["temperature"], top_p=settings["top_p"], seed=seed,
+                      num_return_sequences=settings["samples"])
     return config
 
 
@@ -297,14 +303,14 @@ def predict(model, tokenizer, spec: BenchSpec, samples: list[Sample], cfg: EvalC
             if position + 1 < len(mine):
                 future = pool.submit(_tiles, model, mine[position + 1][1], settings["max_tiles"])
             prompts = [spec.prompt(s, cfg.cot, cfg.prompt_suffix) for s in batch]
-            outputs: list[list[str]] = [[] for _ in batch]
-            for draw in range(cfg.samples):
-                seed = cfg.seed + 100_003 * number + draw  # same per question on any world size
-                replies = batch_chat(model, tokenizer, pixel_values, prompts,
-                                     _generation(settings, seed), num_patches_list=patches)
-                calls += 1
-                for kept, reply in zip(outputs, replies):
-                    kept.append(reply)
+            # The k samples of a question are k rows of one batch (num_return_sequences):
+            # its image and prompt are encoded once and one decode loop serves all k.
+            seed = cfg.seed + 100_003 * number  # same per question on any world size
+            replies = batch_chat(model, tokenizer, pixel_values, prompts,
+                                 _generation(settings, seed), num_patches_list=patches)
+            calls += 1
+            k = cfg.samples
+            outputs = [list(replies[i * k:(i + 1) * k]) for i in range(len(batch))]
             cache.append(key, [(s.index, o) for s, o in zip(batch, outputs)])
             bar.update(len(batch))
             if on_batch is not None:
@@ -410,6 +416,8 @@ def load_samples(spec: BenchSpec, cfg: EvalConfig) -> list[Sample]:
     if not Path(cfg.data).exists():
         raise InputError(f"--data {cfg.data}: no such file or folder")
     samples = spec.read(cfg.data, cfg.image_root)
+    if cfg.categories:
+        samples = filter_categories(spec, samples, cfg.categories)
     return samples[:cfg.limit] if cfg.limit else samples
 
 
@@ -448,6 +456,8 @@ def evaluate(model, tokenizer, cfg: EvalConfig, on_batch=None) -> dict | None:
     """
     spec = get_benchmark(cfg.bench)
     cfg.check(spec)
+    budget = tile_budget(cfg, spec, model)
+    cfg = replace(cfg, max_tiles=budget["max_tiles"])  # resolved once: the cache key sees the number
     rank, world = dist_info()
     distributed = _dist_begin(world)
     samples = load_samples(spec, cfg)
@@ -475,12 +485,13 @@ def evaluate(model, tokenizer, cfg: EvalConfig, on_batch=None) -> dict | None:
         direct = _merged(spec, samples, cache, run_key(spec, cfg.direct(), fingerprint), False)
         scaling = {"variant": cfg.variant(), "direct_score": None if direct is None else
                    score_samples(spec, samples, direct)["headline"]["value"]}
-    settings = {**cfg.settings(spec), "batch_size": cfg.batch_size, "limit": cfg.limit,
+    settings = {**cfg.settings(spec), "max_tiles_source": budget["source"],
+                "batch_size": cfg.batch_size, "limit": cfg.limit,
                 "world_size": world, "image_root": cfg.image_root}
     timing = {k: {**v, "questions_per_s": v["generated"] / v["seconds"] if v["seconds"] else None}
               for k, v in timing.items()}
     return _finish(spec, cfg, samples, predictions, fingerprint=fingerprint, settings=settings,
-                   scaling=scaling, timing=timing)
+                   scaling=scaling, timing=timing, tile_budget=budget)
 
 
 def _finish(spec: BenchSpec, cfg: EvalConfig, samples: list[Sample], predictions: list[dict],
@@ -568,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = ["EvalConfig", "PredictionCache", "apply_judge", "dist_info", "evaluate",
            "finalize", "model_fingerprint", "predict", "run_key", "score_predictions",
-           "score_samples"]
+           "score_samples", "tile_budget"]
 
 if __name__ == "__main__":
     sys.exit(main())
