@@ -75,3 +75,27 @@ def test_shipped_model_answers_from_the_image(tiny, category):
     assert right >= MIN_RIGHT[category], f"{category}: {right}/{N} right; replies {replies}"
     swapped, replies = _right(model, tokenizer, items, images[1:] + images[:1])
     assert swapped <= right - 4, f"{category}: {swapped}/{N} right with swapped images; {replies}"
+
+
+def test_shipped_model_reasons_step_by_step_and_ends_with_an_option(tiny):
+    """Asked with the CoT prompt (`tilevl eval --cot`), tilevl-tiny v2 writes its observations,
+    a conclusion, and the final "Answer: …" line naming one of the options in words."""
+    from tilevl.eval.benchmarks.common import final_answer
+
+    model, tokenizer = tiny
+    right = 0
+    for i in range(N):
+        item = make_item("image_scene", random.Random(item_seed(SEED, "shipped-cot", i)))
+        pixels = preprocess(item.image, model.image_settings)
+        prompt = mmbench_prompt(item.question, item.hint, item.options, cot=True)
+        reply = model.chat(tokenizer, pixels, prompt, dict(max_new_tokens=96, do_sample=False))
+        assert "So the answer is" in reply and "\nAnswer: " in reply, reply
+        choice = extract_choice(final_answer(reply), dict(zip("ABCD", item.options)))
+        assert choice is not None, reply
+        right += choice == "ABCD"[item.answer]
+    assert right >= MIN_RIGHT["image_scene"], f"{right}/{N} scenes right after reasoning"
+
+
+def test_shipped_folder_carries_its_evaluation_tile_budget():
+    config = json.loads((asset_path("tilevl-tiny") / "config.json").read_text("utf-8"))
+    assert config["eval_max_dynamic_patch"] == config["max_dynamic_patch"] == 1
