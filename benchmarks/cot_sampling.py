@@ -4,11 +4,12 @@ encoded once, `num_return_sequences`) vs the former loop of k batch_chat calls p
 both timed in this one process on tilevl-tiny; ratio printed last.
 
 Every reply is forced to `--tokens` new tokens (min_new_tokens), the worst case of a CoT
-trace, so both sides do the same decode work; before timing, greedy replies of both are
-compared by token ids.
+trace, so both sides do the same decode work; `--natural` lets replies end where the model
+ends them (then rows that ended leave the batch every `COMPACT_EVERY` tokens; a third timing
+turns that off). Before timing, greedy replies of both are compared by token ids.
 
 Usage: PYTHONPATH=src python benchmarks/cot_sampling.py [--questions 16] [--samples 16]
-       [--batch-size 8] [--tokens 96] [--threads N] [--dtype fp32|bf16]
+       [--batch-size 8] [--tokens 96] [--threads N] [--dtype fp32|bf16] [--natural]
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ def questions(n: int, folder: Path):
     return spec, spec.read(folder / "test" / "mcq.tsv", None)[:n]
 
 
-def run(model, tokenizer, spec, samples, k: int, batch_size: int, tokens: int, rows: bool,
-        greedy: bool = False) -> tuple[float, list]:
+def run(model, tokenizer, spec, samples, k: int, *, batch_size: int, tokens: int, rows: bool,
+        greedy: bool = False, natural: bool = False) -> tuple[float, list]:
     """Seconds for k replies to every question, and the reply ids (as text)."""
     from tilevl.chat.engine import batch_chat
     from tilevl.eval.runner import _tiles
 
-    config = dict(max_new_tokens=tokens, min_new_tokens=tokens)
+    config = dict(max_new_tokens=tokens) if natural else dict(max_new_tokens=tokens, min_new_tokens=tokens)
     if not greedy:
         config.update(do_sample=True, temperature=1.0)
     replies = []
@@ -78,6 +79,7 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=96)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--natural", action="store_true", help="replies end where the model ends them")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,8 +88,9 @@ def main() -> int:
     model, tokenizer = open_model("tilevl-tiny", dtype=args.dtype, quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
         spec, samples = questions(args.questions, Path(tmp) / "mb")
-        _, ours = run(model, tokenizer, spec, samples[:4], 2, 4, 12, rows=True, greedy=True)
-        _, theirs = run(model, tokenizer, spec, samples[:4], 1, 4, 12, rows=False, greedy=True)
+        check = dict(batch_size=4, tokens=12, greedy=True)
+        _, ours = run(model, tokenizer, spec, samples[:4], 2, rows=True, **check)
+        _, theirs = run(model, tokenizer, spec, samples[:4], 1, rows=False, **check)
         same = [r.raw for r in ours] == [r.raw for r in theirs for _ in range(2)]
         print(f"greedy replies identical (k rows vs one call): {same}")
         if not same:
@@ -95,10 +98,20 @@ def main() -> int:
         n, k = len(samples), args.samples
         print(f"tilevl-tiny {args.dtype}, {n} questions x {k} samples x {args.tokens} tokens, "
               f"batch {args.batch_size}, {torch.get_num_threads()} threads; CPU: {cpu_flags()}")
-        loop, _ = run(model, tokenizer, spec, samples, k, args.batch_size, args.tokens, rows=False)
+        timed = dict(batch_size=args.batch_size, tokens=args.tokens, natural=args.natural)
+        loop, _ = run(model, tokenizer, spec, samples, k, rows=False, **timed)
         print(f"baseline (k batch_chat calls per batch): {loop / n:.3f} s/question")
-        rows, _ = run(model, tokenizer, spec, samples, k, args.batch_size, args.tokens, rows=True)
-        print(f"ours (k rows of one call, prompt encoded once): {rows / n:.3f} s/question")
+        if args.natural:
+            from tilevl.chat import engine
+
+            every, engine.COMPACT_EVERY = engine.COMPACT_EVERY, 10**9
+            whole, _ = run(model, tokenizer, spec, samples, k, rows=True, **timed)
+            engine.COMPACT_EVERY = every
+            print(f"ours without dropping ended rows: {whole / n:.3f} s/question")
+        rows, replies = run(model, tokenizer, spec, samples, k, rows=True, **timed)
+        lengths = [len(tokenizer(r.raw, add_special_tokens=False)["input_ids"]) for r in replies]
+        print(f"ours (k rows of one call, prompt encoded once): {rows / n:.3f} s/question "
+              f"(reply tokens: mean {sum(lengths) / len(lengths):.1f}, max {max(lengths)})")
     print(f"speed-up ours/baseline: {loop / rows:.2f}x")
     return 0
 
