@@ -111,6 +111,32 @@ def test_num_return_sequences_encodes_each_prompt_once(tiny_model, tokenizer, mo
     assert len(set(shared[:4])) > 1  # one question's samples differ
 
 
+def test_ended_rows_leave_the_batch_and_the_rest_is_unchanged(monkeypatch):
+    """Sampled rows that end leave the batch every COMPACT_EVERY tokens; what the others
+    generate is token for token what one long call gives (greedy), and each generate call
+    after the first has fewer rows."""
+    from PIL import Image
+
+    from tilevl.inputs.image import preprocess
+    from tilevl.resolve import open_model
+
+    model, tok = open_model("tilevl-tiny", dtype="fp32", quiet=True)  # ends its replies at different lengths
+    images = [Image.new("RGB", (112, 112), c) for c in ("red", "blue", "green")]
+    pixels = torch.cat([preprocess(im, model.image_settings) for im in images])
+    questions = ["<image>\nWhat colour is the square?", "<image>\nHow many shapes are there?",
+                 "<image>\nDescribe the picture."]
+    config = dict(max_new_tokens=24, do_sample=False, num_return_sequences=2)
+    whole = batch_chat(model, tok, pixels, questions, config, num_patches_list=[1, 1, 1])
+    rows = []
+    real = model.language_model.generate
+    monkeypatch.setattr(model.language_model, "generate",
+                        lambda **kw: rows.append(kw["input_ids"].shape[0]) or real(**kw))
+    monkeypatch.setattr(engine, "COMPACT_EVERY", 2)
+    chunked = batch_chat(model, tok, pixels, questions, config, num_patches_list=[1, 1, 1])
+    assert chunked == whole
+    assert rows[0] == 6 and rows[-1] < 6 and rows == sorted(rows, reverse=True)
+
+
 def test_streaming_like_the_seeds(tiny_model, tokenizer):
     pixels = torch.randn(1, 3, 56, 56)
     expected = tiny_model.chat(tokenizer, pixels, "Hi", dict(GREEDY))

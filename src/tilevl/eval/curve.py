@@ -148,6 +148,7 @@ def evaluate_curve(model, tokenizer, cfg, ks: list[int], draws: int = 8) -> dict
     curve = {
         "benchmark": spec.name, "data": str(cfg.data), "model": cfg.model_name,
         "model_fingerprint": fingerprint, "metric": results["headline"]["name"],
+        "rule": results["rule"],
         "fraction": results["headline"]["fraction"], "variant": "cot" if cfg.cot else "sampled",
         "categories": categories, "k_max": k_max, "draws": draws,
         "points": {str(k): p for k, p in points.items()}, "direct": direct,
@@ -185,7 +186,7 @@ def curve_markdown(curve: dict) -> str:
     cats = list(curve["direct"]["per_category"])
     label = "CoT + vote@k" if curve["variant"] == "cot" else "vote@k"
     lines = [f"# {curve['benchmark']} — {curve['model'] or 'model'}: {label} vs direct", "",
-             f"{curve['metric']} over {curve['direct']['n_items']} items "
+             f"{curve['metric']} (rule `{curve.get('rule')}`) over {curve['direct']['n_items']} items "
              f"({curve['direct']['n_rows']} rows); k of {curve['k_max']} samples per row, "
              f"mean of up to {curve['draws']} subsets; temperature "
              f"{curve['settings']['temperature']}, top_p {curve['settings']['top_p']}, "
