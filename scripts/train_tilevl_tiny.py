@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-limit", type=int, default=None, help="only the first K dev questions")
     p.add_argument("--from-stage", type=int, default=1, choices=range(1, len(STAGES) + 1),
                    help="start at this training stage, from the previous stage's OUT model")
-    p.add_argument("--answers", choices=("letters", "words"), default="letters",
+    p.add_argument("--answers", choices=("letters", "words"), default="words",
                    help="stage 3: multiple choice answered with the option's letter or text")
     p.add_argument("--start", default=None,
                    help="with --from-stage N: the model stage N starts from (default: "

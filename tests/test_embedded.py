@@ -176,18 +176,19 @@ def test_image_blind_control_swaps_images_within_a_category():
 
 
 def test_third_stage_reads_traced_records_answered_as_asked(quick_run):
-    """reason_letters_meta.json: direct and chain-of-thought records of the traced train split,
-    the CoT ones ending in the gold letter; the stage-2 files carry no trace."""
+    """reason_words_meta.json (the default --answers): direct and chain-of-thought records of
+    the traced train split, the CoT ones ending in an option's text; stage 2 carries no trace."""
     from tilevl.data.meta import load_meta
     from tilevl.eval.benchmarks.common import MCQ_COT_PROMPT, final_answer
 
     recipe, out = quick_run
-    specs = {spec.name: spec for spec in load_meta(out / "minibench" / "reason_letters_meta.json")}
+    specs = {spec.name: spec for spec in load_meta(out / "minibench" / "reason_words_meta.json")}
     records = [json.loads(line) for line in specs["minibench_train"].annotation.open()]
     cot = [r for r in records if r["conversations"][0]["value"].endswith(MCQ_COT_PROMPT)]
     assert cot and len(records) - len(cot) >= recipe.REASON_RECORDS["quick"]["direct"] - 1
     for record in cot:
-        assert final_answer(record["conversations"][1]["value"]) in "ABCD"
+        ask, reply = (t["value"] for t in record["conversations"][:2])
+        assert f". {final_answer(reply)}\n" in ask, (ask, reply)
     stage2 = (out / "minibench" / "train" / recipe.WORDED_TRAIN).read_text("utf-8")
     assert "Think step by step" not in stage2
-    assert json.loads((out / "run.json").read_text("utf-8"))["stage3"]["data"] == "reason_letters_meta.json"
+    assert json.loads((out / "run.json").read_text("utf-8"))["stage3"]["data"] == "reason_words_meta.json"
