@@ -312,18 +312,18 @@ def chart_reading(rng: random.Random, hard: bool) -> Item:
     objs = [Obj("bar", "", b) for b in bars]
     if rng.random() < 0.5:
         best = labels[values.index(max(values))]
-        question = "Which fruit has the highest bar?"
+        question, asked = "Which fruit has the highest bar?", None
         options, answer = make_options(rng, best, labels, n=min(4, n))
         open_answers = [best]
     else:
         i = rng.randrange(n)
-        question = f"What is the value of the {labels[i]} bar?"
+        question, asked = f"What is the value of the {labels[i]} bar?", labels[i]
         steps = number_distractors(rng, values[i] // unit, lo=1, spread=3)
         options, answer = make_options(rng, str(values[i]), [str(v * unit) for v in steps[:3]])
         open_answers = [str(values[i])]
     return Item("chart_reading", img, question, options, answer, hint=hint, hard=hard,
                 open_question=question, open_answers=open_answers, objects=objs,
-                meta={"labels": labels, "values": values})
+                meta={"labels": labels, "values": values, "asked": asked})
 
 
 def math_reasoning(rng: random.Random, hard: bool) -> Item:

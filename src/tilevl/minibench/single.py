@@ -89,7 +89,7 @@ def attribute_recognition(rng: random.Random, hard: bool) -> Item:
                 else f"What pattern fills the {target.name}?")
     options, answer = make_options(rng, PATTERN_TEXT[pattern], PATTERN_TEXT.values())
     return Item("attribute_recognition", img, question, options, answer, hard=hard, objects=objs,
-                caption=f"A {pattern} {target.color} {target.name}.")
+                caption=f"A {pattern} {target.color} {target.name}.", meta={"pattern": pattern})
 
 
 def object_counting(rng: random.Random, hard: bool) -> Item:

@@ -91,7 +91,7 @@ def _shape(item: Item) -> list[str]:
 
 def _pattern(item: Item) -> list[str]:
     o = item.objects[0]
-    pattern = item.caption.split()[1]
+    pattern = item.meta["pattern"]
     return [f"I find the {o.color} {o.name} in {_side(o, *item.image.size)} of the image.",
             f"Its inside is {pattern}."]
 
@@ -211,11 +211,11 @@ def _future(item: Item) -> list[str]:
 def _chart(item: Item) -> list[str]:
     labels, values = item.meta["labels"], item.meta["values"]
     bars = ", ".join(f"{name} {value}" for name, value in zip(labels, values))
-    if item.question.startswith("Which fruit"):
+    name = item.meta["asked"]
+    if name is None:  # which bar is highest
         best = labels[values.index(max(values))]
         return [f"I read each bar against the axis: {bars}.",
                 f"The highest value is {max(values)}, the {best} bar."]
-    name = item.question.removeprefix("What is the value of the ").removesuffix(" bar?")
     return [f"I find the {name} bar and read its top against the axis.",
             f"It reaches {values[labels.index(name)]}."]
 
